@@ -1,0 +1,1 @@
+"""people-counter: tests package."""
