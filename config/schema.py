@@ -1,0 +1,199 @@
+"""Pydantic schema of ``config/pipeline.yaml`` and ``config/log.yaml``.
+
+Every model forbids unknown keys, so a typo is an error that names the key path. Defaults here and
+in the shipped ``config/pipeline.yaml`` agree (a test checks it).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FusionStrategyName(str, Enum):
+    """How branch results are combined and published (switchable at run time)."""
+
+    STRICT_SYNC = "STRICT_SYNC"
+    ASYNC_OVERLAY = "ASYNC_OVERLAY"
+    RAW_STREAM_WITH_METADATA = "RAW_STREAM_WITH_METADATA"
+
+
+class StreamConfig(_Strict):
+    id: str = Field("cam0", description="Stream id, stored with every frame and count.")
+    uri: str = Field(
+        ...,
+        description="Video file path, rtsp:// / http(s):// URL, or synthetic://WxH[?frames=N] for tests.",
+    )
+    decoder: Literal["pyav", "nvdec", "synthetic"] = Field(
+        "pyav", description="pyav: CPU decode (files, RTSP, HTTP); nvdec: GPU decode; synthetic: tests."
+    )
+    loop: bool = Field(False, description="Restart a file source at its end (demos, soak tests).")
+    reconnect_attempts: int = Field(
+        3, ge=0, description="Reconnects tried for a network stream that drops, before giving up."
+    )
+    reconnect_backoff_s: float = Field(1.0, ge=0, description="Wait before each reconnect, seconds.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Timeout to open a network stream, seconds.")
+
+
+class ModelConfig(_Strict):
+    path: str = Field(..., description="ONNX file (onnxruntime) or the ONNX an engine is built from (tensorrt).")
+    kind: Literal["yolo", "density"] = Field(..., description="yolo: person detector/segmenter; density: crowd density CNN.")
+    head: Literal["auto", "v8_detect", "v8_seg", "e2e_detect", "e2e_seg"] = Field(
+        "auto",
+        description="YOLO output head: v8_* for YOLOv8/11 [B,4+nc(+32),A]; e2e_* for YOLO26 [B,300,6|38]; auto reads the shapes.",
+    )
+    person_classes: list[int] = Field(
+        default_factory=lambda: [0], description="Class ids that count as a person."
+    )
+    score_threshold: float = Field(0.35, ge=0, le=1, description="Minimum class score kept.")
+    iou_threshold: float = Field(0.5, ge=0, le=1, description="NMS IoU threshold (v8 heads; e2e heads need no NMS).")
+    max_detections: int = Field(300, gt=0, description="Detections kept per image after NMS.")
+    output_stride: int = Field(8, gt=0, description="Density models: input pixels per output cell.")
+    density_scale: float = Field(1.0, gt=0, description="Density models: multiply the output by this to get people.")
+
+
+class OnnxRuntimeConfig(_Strict):
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order, e.g. [CUDAExecutionProvider] on a GPU.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="CPU threads per session (0: ONNX Runtime decides).")
+
+
+class TensorRTConfig(_Strict):
+    engine_dir: str = Field(".cache/engines", description="Where built engines are stored.")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="Engine precision.")
+    calibration_frames: int = Field(64, gt=0, description="Frames drawn from the stream for INT8 calibration.")
+    cuda_graphs: bool = Field(True, description="Capture static-shape inference in CUDA graphs.")
+    workspace_mib: int = Field(2048, gt=0, description="Builder workspace limit, MiB.")
+
+
+class BackendConfig(_Strict):
+    name: Literal["tensorrt", "onnxruntime"] = Field(
+        "onnxruntime", description="Inference backend. tensorrt is production; onnxruntime the explicit second backend."
+    )
+    device: Literal["cpu", "gpu"] = Field("cpu", description="Where frames and tensors live: cpu (NumPy) or gpu (CuPy).")
+    onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig, description="ONNX Runtime settings.")
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig, description="TensorRT settings.")
+
+
+class InputSpecConfig(_Strict):
+    kind: Literal["letterbox", "tiles", "grid"] = Field(
+        ..., description="letterbox: whole frame scaled into one tensor; tiles: overlapping full-size crops; grid: non-overlapping crops, frame padded."
+    )
+    width: int = Field(640, gt=0, description="Tensor width, pixels.")
+    height: int = Field(640, gt=0, description="Tensor height, pixels.")
+    overlap: float = Field(0.2, ge=0, lt=1, description="tiles: fraction of a tile shared with its neighbour.")
+    dtype: Literal["float32", "float16"] = Field("float32", description="Tensor dtype the model expects.")
+    mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="Per-channel mean subtracted after scaling to 0..1 (RGB).")
+    std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="Per-channel std divided after the mean (RGB).")
+    pad_value: int = Field(114, ge=0, le=255, description="Pixel value (0..255) of padding, before normalisation.")
+
+    @model_validator(mode="after")
+    def _check_std(self) -> InputSpecConfig:
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class BranchConfig(_Strict):
+    model: str = Field(..., description="Key in `models`.")
+    input: str = Field(..., description="Key in `preprocess`.")
+    enabled: bool = Field(True, description="Run this branch.")
+    every_n_frames: int = Field(1, ge=1, description="Run on every n-th frame (e.g. density every 5th).")
+
+
+class HybridConfig(_Strict):
+    region_rows: int = Field(3, ge=1, description="Rows of the region grid the hybrid count decides on.")
+    region_cols: int = Field(6, ge=1, description="Columns of the region grid.")
+    dense_people_per_mpx: float = Field(
+        40.0, gt=0, description="A region whose density integral exceeds this many people per megapixel counts by density."
+    )
+    min_density_people: float = Field(
+        3.0, ge=0, description="...and whose density integral is at least this many people (avoids noise in empty regions)."
+    )
+
+
+class MergeConfig(_Strict):
+    ios_threshold: float = Field(0.6, gt=0, le=1, description="Intersection over smaller above which two detections are one person.")
+    edge_margin_px: int = Field(4, ge=0, description="A box this close to a tile edge (inside the frame) is cut by the tile.")
+
+
+class ZoneConfig(_Strict):
+    name: str = Field(..., description="Zone name shown in counts.")
+    polygon: list[tuple[float, float]] = Field(..., min_length=3, description="Polygon in frame pixels.")
+
+
+class CountingConfig(_Strict):
+    policy: Literal["detections", "density", "hybrid"] = Field("hybrid", description="Which count is the fused count.")
+    merge: MergeConfig = Field(default_factory=MergeConfig, description="Global/tile detection merging.")
+    hybrid: HybridConfig = Field(default_factory=HybridConfig, description="Hybrid count settings.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Optional named zones counted apart.")
+
+
+class FusionConfig(_Strict):
+    strategy: FusionStrategyName = Field(FusionStrategyName.ASYNC_OVERLAY, description="Initial fusion strategy.")
+    strict_sync_timeout_ms: float = Field(500.0, gt=0, description="STRICT_SYNC publishes a frame as partial after this wait.")
+    queue_size: int = Field(4, ge=1, description="Bound of every inter-thread queue.")
+    stall_timeout_s: float = Field(30.0, gt=0, description="Watchdog: a branch silent this long is reported stalled.")
+
+
+class StorageConfig(_Strict):
+    db_path: str = Field("runs/people.db", description="SQLite database file (WAL mode).")
+    batch_size: int = Field(64, ge=1, description="Rows per insert batch.")
+    flush_interval_s: float = Field(0.5, gt=0, description="Longest time a row waits before it is written.")
+
+
+class TelemetryConfig(_Strict):
+    warmup_frames: int = Field(5, ge=0, description="Frames skipped before statistics.")
+
+
+class PipelineConfig(_Strict):
+    streams: list[StreamConfig] = Field(..., min_length=1, description="Video sources; the first is processed.")
+    models: dict[str, ModelConfig] = Field(..., description="Models by name.")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="Inference backend.")
+    preprocess: dict[str, InputSpecConfig] = Field(..., description="Model input specs by name.")
+    branches: dict[str, BranchConfig] = Field(..., min_length=1, description="Model branches by name.")
+    counting: CountingConfig = Field(default_factory=CountingConfig, description="Counting.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Storage.")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry.")
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (None: until the stream ends).")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> PipelineConfig:
+        for name, branch in self.branches.items():
+            if branch.model not in self.models:
+                raise ValueError(
+                    f"branches.{name}.model: unknown model {branch.model!r}; known: {sorted(self.models)}"
+                )
+            if branch.input not in self.preprocess:
+                raise ValueError(
+                    f"branches.{name}.input: unknown preprocess spec {branch.input!r}; known: {sorted(self.preprocess)}"
+                )
+        if not any(b.enabled for b in self.branches.values()):
+            raise ValueError("branches: every branch is disabled; enable at least one")
+        if self.backend.name == "tensorrt" and self.backend.device != "gpu":
+            raise ValueError("backend.device: tensorrt needs device: gpu (or set backend.name: onnxruntime for the CPU)")
+        return self
+
+
+class LogConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Root log level.")
+    format: str = Field(
+        "%(asctime)s %(levelname)-7s %(name)s: %(message)s", description="logging format string."
+    )
+    file: str | None = Field(None, description="Also log to this file.")
+    channels: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = Field(
+        default_factory=dict,
+        description="Level per channel: decode, preprocess, inference, fusion, storage, ui, app.",
+    )

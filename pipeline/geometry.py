@@ -1,0 +1,160 @@
+"""Preprocessing geometry: pure math shared by the CPU and GPU preprocessors and post-processing.
+
+A :class:`PreprocessPlan` says, for each of the N tensors of one input spec, which part of the
+frame it shows and how: tensor pixel ``(u, v)`` of tensor ``i`` samples the frame at
+
+    x = (u - pad_x + 0.5) / scale_x - 0.5 + origin_x[i]
+    y = (v - pad_y + 0.5) / scale_y - 0.5 + origin_y[i]
+
+(half-pixel centres, as OpenCV's bilinear resize) when ``(u, v)`` lies in the content rectangle
+``[pad_x, pad_x + content_w[i]) x [pad_y, pad_y + content_h[i])``; every other tensor pixel is the
+pad value. A point in tensor coordinates maps back to the frame by
+``x = (u - pad_x) / scale_x + origin_x[i]`` (the edge convention for box corners).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+SpecKind = Literal["letterbox", "tiles", "grid"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreprocessPlan:
+    """Geometry of one input spec on one frame size.
+
+    - ``origins``: (N, 2) float64, frame pixel of each tensor's content origin (x, y).
+    - ``content_wh``: (N, 2) int64, size of the content rectangle in tensor pixels.
+    - ``scale``: (sx, sy) tensor pixels per frame pixel (1.0 for tiles and grid).
+    - ``pad``: (pad_x, pad_y) tensor offset of the content (letterbox padding; 0 for tiles/grid).
+    """
+
+    kind: SpecKind
+    frame_wh: tuple[int, int]
+    out_wh: tuple[int, int]
+    origins: NDArray[np.float64]
+    content_wh: NDArray[np.int64]
+    scale: tuple[float, float]
+    pad: tuple[int, int]
+    grid_shape: tuple[int, int]
+    """(rows, cols) of tiles or grid cells; (1, 1) for a letterbox."""
+
+    @property
+    def count(self) -> int:
+        return len(self.origins)
+
+    def tensor_to_frame(self, xyxy: NDArray[np.floating], index: int | NDArray[np.integer]) -> NDArray[np.float32]:
+        """Map boxes (M, 4) in tensor pixels of tensor(s) ``index`` to frame pixels, clipped to the frame."""
+        sx, sy = self.scale
+        px, py = self.pad
+        org = self.origins[index]
+        if org.ndim == 1:
+            org = np.broadcast_to(org, (len(xyxy), 2))
+        out = np.empty((len(xyxy), 4), np.float32)
+        out[:, 0] = (xyxy[:, 0] - px) / sx + org[:, 0]
+        out[:, 2] = (xyxy[:, 2] - px) / sx + org[:, 0]
+        out[:, 1] = (xyxy[:, 1] - py) / sy + org[:, 1]
+        out[:, 3] = (xyxy[:, 3] - py) / sy + org[:, 1]
+        w, h = self.frame_wh
+        np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
+        return out
+
+    def content_rects(self) -> NDArray[np.float64]:
+        """(N, 4) frame rectangle (xyxy) each tensor shows, clipped to the frame."""
+        sx, sy = self.scale
+        x0 = self.origins[:, 0]
+        y0 = self.origins[:, 1]
+        x1 = x0 + self.content_wh[:, 0] / sx
+        y1 = y0 + self.content_wh[:, 1] / sy
+        w, h = self.frame_wh
+        return np.stack([x0, y0, np.minimum(x1, w), np.minimum(y1, h)], axis=1)
+
+
+def tile_origins_1d(length: int, tile: int, overlap: float) -> list[int]:
+    """Origins of full-size tiles covering ``[0, length)``; the last tile is shifted inward.
+
+    A frame shorter than the tile gets one tile at 0 (padded by the preprocessor).
+    """
+    if length <= tile:
+        return [0]
+    stride = max(1, round(tile * (1.0 - overlap)))
+    n = math.ceil((length - tile) / stride) + 1
+    origins = [i * stride for i in range(n - 1)] + [length - tile]
+    return sorted(set(origins))
+
+
+def plan_letterbox(frame_w: int, frame_h: int, out_w: int, out_h: int) -> PreprocessPlan:
+    """The whole frame scaled to fit ``out_w x out_h``, aspect kept, centred, padded."""
+    _check_sizes(frame_w, frame_h, out_w, out_h)
+    r = min(out_w / frame_w, out_h / frame_h)
+    new_w = max(1, min(out_w, round(frame_w * r)))
+    new_h = max(1, min(out_h, round(frame_h * r)))
+    pad_x = (out_w - new_w) // 2
+    pad_y = (out_h - new_h) // 2
+    return PreprocessPlan(
+        kind="letterbox",
+        frame_wh=(frame_w, frame_h),
+        out_wh=(out_w, out_h),
+        origins=np.zeros((1, 2), np.float64),
+        content_wh=np.array([[new_w, new_h]], np.int64),
+        scale=(new_w / frame_w, new_h / frame_h),
+        pad=(pad_x, pad_y),
+        grid_shape=(1, 1),
+    )
+
+
+def plan_tiles(frame_w: int, frame_h: int, tile_w: int, tile_h: int, overlap: float) -> PreprocessPlan:
+    """Overlapping full-size tiles at native scale, row-major; edge tiles shifted inward."""
+    _check_sizes(frame_w, frame_h, tile_w, tile_h)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    xs = tile_origins_1d(frame_w, tile_w, overlap)
+    ys = tile_origins_1d(frame_h, tile_h, overlap)
+    return _grid_plan("tiles", frame_w, frame_h, tile_w, tile_h, xs, ys)
+
+
+def plan_grid(frame_w: int, frame_h: int, cell_w: int, cell_h: int) -> PreprocessPlan:
+    """Non-overlapping cells of ``cell_w x cell_h``, row-major; the frame is padded right/bottom."""
+    _check_sizes(frame_w, frame_h, cell_w, cell_h)
+    xs = list(range(0, frame_w, cell_w))
+    ys = list(range(0, frame_h, cell_h))
+    return _grid_plan("grid", frame_w, frame_h, cell_w, cell_h, xs, ys)
+
+
+def plan_spec(kind: SpecKind, frame_w: int, frame_h: int, width: int, height: int, overlap: float = 0.0) -> PreprocessPlan:
+    """Dispatch on the spec kind."""
+    if kind == "letterbox":
+        return plan_letterbox(frame_w, frame_h, width, height)
+    if kind == "tiles":
+        return plan_tiles(frame_w, frame_h, width, height, overlap)
+    if kind == "grid":
+        return plan_grid(frame_w, frame_h, width, height)
+    raise ValueError(f"unknown spec kind {kind!r}; expected letterbox, tiles or grid")
+
+
+def _grid_plan(kind: SpecKind, fw: int, fh: int, tw: int, th: int, xs: list[int], ys: list[int]) -> PreprocessPlan:
+    origins = np.array([(x, y) for y in ys for x in xs], np.float64)
+    content = np.array([(min(tw, fw - x), min(th, fh - y)) for y in ys for x in xs], np.int64)
+    return PreprocessPlan(
+        kind=kind,
+        frame_wh=(fw, fh),
+        out_wh=(tw, th),
+        origins=origins,
+        content_wh=content,
+        scale=(1.0, 1.0),
+        pad=(0, 0),
+        grid_shape=(len(ys), len(xs)),
+    )
+
+
+def _check_sizes(fw: int, fh: int, ow: int, oh: int) -> None:
+    if fw <= 0 or fh <= 0:
+        raise ValueError(f"frame size must be positive, got {fw}x{fh}")
+    if ow <= 0 or oh <= 0:
+        raise ValueError(f"tensor size must be positive, got {ow}x{oh}")

@@ -1,0 +1,90 @@
+"""The interfaces between stages, as ``typing.Protocol``s (one verb each)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from pipeline.types import BranchResult, Detections, DensityMap, Frame, FusedResult, PreprocessOutput
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Yields decoded frames; a context manager that owns the decoder.
+
+    ``frames()`` raises ``SourceError`` for a source that cannot be opened or read; a stream that
+    ends returns. A GPU source's frame memory is valid until the next frame is requested plus the
+    ring depth (see the source's docs).
+    """
+
+    def __enter__(self) -> FrameSource: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+    def frames(self) -> Iterator[Frame]: ...
+
+
+class Preprocessor(Protocol):
+    """Frame -> one model input tensor (N, 3, H, W) on the frame's device."""
+
+    def run(self, frame: Frame) -> PreprocessOutput: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """A model input or output: name, shape (None for a dynamic dimension), NumPy dtype name."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class PendingOutputs(Protocol):
+    """Inference that was enqueued; ``wait()`` blocks until its outputs are ready."""
+
+    def wait(self) -> dict[str, Any]: ...
+
+
+class InferenceBackend(Protocol):
+    """Runs one model. Inputs and outputs live on the backend's device (NumPy or CuPy arrays).
+
+    ``enqueue`` returns at once on asynchronous backends (GPU) and after the work on blocking ones
+    (ONNX Runtime CPU). Output arrays belong to the caller after ``wait()`` returns, except where a
+    backend documents reused output buffers.
+    """
+
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def enqueue(self, inputs: Mapping[str, Any]) -> PendingOutputs: ...
+
+    def close(self) -> None: ...
+
+
+class ModelAdapter(Protocol):
+    """Raw outputs of one model on one preprocessed input -> results in frame pixels."""
+
+    def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> Detections | DensityMap: ...
+
+
+class Branch(Protocol):
+    """One model branch: preprocess, infer, decode. ``run`` never raises for a bad frame: it
+    returns a ``BranchResult`` with ``error`` set; it raises only for unrecoverable faults."""
+
+    name: str
+    every_n_frames: int
+
+    def run(self, frame: Frame) -> BranchResult: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Consumes published results (SQLite writer, UI bridge, metadata stream)."""
+
+    def write(self, result: FusedResult) -> None: ...
+
+    def close(self) -> None: ...
