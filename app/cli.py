@@ -1,0 +1,132 @@
+"""The command line: ``headless``, ``gui``, ``bench``, ``export``, ``fetch-assets``, ``build-engines``.
+
+Every ``AppError`` is printed as one clear message (no traceback) and mapped to its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from config import configure_logging, load_log_config
+from config.errors import AppError
+from config.schema import FusionStrategyName
+
+DEFAULT_CONFIG = "config/pipeline.yaml"
+DEFAULT_LOG_CONFIG = "config/log.yaml"
+STRATEGIES = [s.value for s in FusionStrategyName]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline config (default {DEFAULT_CONFIG})")
+    p.add_argument("--log-config", default=DEFAULT_LOG_CONFIG, help=f"log channels (default {DEFAULT_LOG_CONFIG})")
+    p.add_argument("--source", help="override streams[0].uri: a video file or rtsp/http URL")
+    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--fusion", choices=STRATEGIES, help="fusion strategy (default: the config's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="people-counter: real-time people counting")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("headless", help="run the pipeline without a window; store counts in SQLite")
+    _add_common(p)
+    p.add_argument("--db", help="SQLite database (default storage.db_path)")
+    p.add_argument("--export", help="write the run's count history to this .csv or .json at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+    p = sub.add_parser("gui", help="run the operator window (falls back to headless with no display)")
+    _add_common(p)
+    p.add_argument("--db", help="SQLite database (default storage.db_path)")
+
+    p = sub.add_parser("run", help="the demo: gui when a display exists, else headless")
+    _add_common(p)
+    p.add_argument("--db", help="SQLite database (default storage.db_path)")
+    p.add_argument("--export", help="count history export at the end (.csv or .json)")
+
+    p = sub.add_parser("bench", help="benchmark the pipeline; writes report.html and report.json")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--log-config", default=DEFAULT_LOG_CONFIG)
+    p.add_argument("--source", help="override streams[0].uri")
+    p.add_argument("--frames", type=int, default=60, help="frames per scenario (default 60)")
+    p.add_argument("--fusion", nargs="+", choices=STRATEGIES, help="strategies to compare (default: the config's)")
+    p.add_argument("--scenario", nargs="+", choices=["preprocess", "e2e", "sequential"], default=["preprocess", "e2e"],
+                   help="preprocess: decode + preprocess only; e2e: whole pipeline; sequential: branches one after another")
+    p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
+    p.add_argument("--compare", help="a baseline report.json: print per-stage ratios")
+
+    p = sub.add_parser("export", help="export count history from a database")
+    p.add_argument("--db", required=True, help="SQLite database")
+    p.add_argument("--out", required=True, help="output file, .csv or .json")
+    p.add_argument("--since", help="ISO date/time (UTC), inclusive")
+    p.add_argument("--until", help="ISO date/time (UTC), exclusive")
+    p.add_argument("--run", type=int, help="only this run id")
+
+    p = sub.add_parser("fetch-assets", help="download the demo models and video into .cache/assets")
+    p.add_argument("--cache", default=".cache/assets")
+
+    p = sub.add_parser("build-engines", help="build TensorRT engines for the config's models")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--log-config", default=DEFAULT_LOG_CONFIG)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fp16", action="store_const", dest="precision", const="fp16")
+    g.add_argument("--int8", action="store_const", dest="precision", const="int8")
+    return parser
+
+
+def has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "log_config") and Path(args.log_config).exists():
+            configure_logging(load_log_config(args.log_config))
+        else:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return _dispatch(args)
+    except AppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; everything recorded so far is saved", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "fetch-assets":
+        from app.assets import fetch_demo_assets
+
+        fetch_demo_assets(Path(args.cache))
+        return 0
+    if cmd == "export":
+        from app.headless import export_command
+
+        return export_command(args)
+    if cmd == "bench":
+        from app.bench import bench_command
+
+        return bench_command(args)
+    if cmd == "build-engines":
+        from app.headless import build_engines_command
+
+        return build_engines_command(args)
+    if cmd == "gui" or (cmd == "run" and has_display()):
+        if not has_display():
+            print("no display found (DISPLAY is unset): running headless", file=sys.stderr)
+        else:
+            try:
+                from ui.app import run_gui
+            except ImportError as exc:
+                print(f"the window cannot start ({exc}); running headless", file=sys.stderr)
+            else:
+                return run_gui(args)
+    from app.headless import headless_command
+
+    return headless_command(args)

@@ -1,0 +1,10 @@
+"""people-counter command line. Everything else lives in ``app``."""
+
+from __future__ import annotations
+
+import sys
+
+from app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""ONNX Runtime backend: CPU provider with NumPy arrays; CUDA provider with CuPy arrays (IOBinding).
+
+The explicit second backend next to TensorRT. On the CPU path ``enqueue`` runs the model and
+returns a finished :class:`ReadyOutputs`. On the GPU path (``device="gpu"``) inputs are CuPy
+arrays bound by device pointer and outputs are CuPy arrays; see :mod:`models.ort_cuda`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import ModelLoadError
+from pipeline.protocols import PendingOutputs, TensorInfo
+
+log = logging.getLogger("people_counter.inference")
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+class ReadyOutputs:
+    """Outputs that are already computed (blocking backends)."""
+
+    __slots__ = ("_outputs",)
+
+    def __init__(self, outputs: dict[str, Any]) -> None:
+        self._outputs = outputs
+
+    def wait(self) -> dict[str, Any]:
+        return self._outputs
+
+
+def _tensor_info(arg: Any) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
+    return TensorInfo(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
+
+
+def load_session(path: str | Path, providers: list[str], intra_op_threads: int = 0) -> Any:
+    """Create an ``InferenceSession``; missing files and unknown providers are ModelLoadErrors."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model file not found: {path} (run `make run` once to fetch the demo models, or fix models.<name>.path)"
+        )
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ModelLoadError(
+            f"ONNX Runtime provider(s) {missing} not available in this onnxruntime build (available: {available}); "
+            "install onnxruntime-gpu for CUDAExecutionProvider, or set backend.onnxruntime.providers"
+        )
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
+        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from None
+
+
+class OnnxRuntimeBackend:
+    """One ONNX model on ONNX Runtime. ``enqueue(inputs)`` with arrays on ``device``.
+
+    CPU: NumPy in, NumPy out; the call blocks (the orchestrator runs each branch in its own thread).
+    GPU: CuPy in, CuPy out through IOBinding; outputs are fresh arrays the caller owns.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 0,
+        device: Literal["cpu", "gpu"] = "cpu",
+        device_id: int = 0,
+    ) -> None:
+        self.name = f"onnxruntime:{Path(path).name}"
+        self.device = device
+        providers = providers or (["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"])
+        self._session = load_session(path, providers, intra_op_threads)
+        self.inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
+        self.outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
+        self._gpu = None
+        if device == "gpu":
+            from models.ort_cuda import CudaBinding
+
+            self._gpu = CudaBinding(self._session, self.inputs, self.outputs, device_id)
+        log.info(
+            "loaded %s on %s: inputs %s outputs %s",
+            path,
+            self._session.get_providers()[0],
+            [(i.name, i.shape, i.dtype) for i in self.inputs],
+            [(o.name, o.shape) for o in self.outputs],
+        )
+
+    def enqueue(self, inputs: Mapping[str, Any]) -> PendingOutputs:
+        if self._gpu is not None:
+            return self._gpu.run(inputs)
+        feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+        outs = self._session.run(None, feeds)
+        return ReadyOutputs({o.name: arr for o, arr in zip(self.outputs, outs, strict=True)})
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return self.enqueue(inputs).wait()
+
+    def close(self) -> None:
+        self._gpu = None
+        self._session = None
+
+    def __enter__(self) -> OnnxRuntimeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
