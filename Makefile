@@ -1,0 +1,36 @@
+# people-counter: two commands.
+#   make run    create the environment, fetch the demo models and video, run the app on them
+#               (the window when a display exists, else headless with a summary)
+#   make test   lint, import contracts, and the test suite (GPU tests skip without a GPU)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ARGS ?=
+
+.PHONY: run test env assets bench clean-cache
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+env: $(STAMP)
+
+assets: $(STAMP)
+	$(BIN)/python main.py fetch-assets
+
+run: assets
+	$(BIN)/python main.py run --config config/pipeline.yaml $(ARGS)
+
+test: assets
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(ARGS)
+
+bench: assets
+	$(BIN)/python main.py bench --config config/pipeline.yaml $(ARGS)
+
+clean-cache:
+	rm -rf .cache/assets
