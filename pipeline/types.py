@@ -262,6 +262,10 @@ class FusedResult:
     ``frame_image`` is the RGB host image (H, W, 3) uint8 when the consumer asked for pixels, else
     None. ``partial`` is True when STRICT_SYNC timed out waiting for ``late_branches``.
     ``overlays`` tells, per branch, which frame its part came from and how old it is.
+    ``counts_frame_index`` is the frame whose fused set of branch results ``counts`` was computed
+    from: the frame itself under STRICT_SYNC, the latest finalized frame under ASYNC_OVERLAY, and
+    None when ``counts`` carries no count (a raw RAW_STREAM_WITH_METADATA frame, or ASYNC_OVERLAY
+    before its first finalized frame); a sink that stores counts skips results where it is None.
     """
 
     frame: FrameMeta
@@ -275,3 +279,4 @@ class FusedResult:
     late_branches: tuple[str, ...] = ()
     frame_image: NDArray[np.uint8] | None = None
     tile_rects: NDArray[np.float32] | None = None
+    counts_frame_index: int | None = None
