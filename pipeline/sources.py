@@ -75,8 +75,14 @@ class PyAVSource:
         self.close()
 
     def open(self) -> None:
-        """Open the container and read the stream's size; raises SourceError with the reason."""
+        """Open the container and read the stream's size; raises SourceError with the reason.
+
+        Opening an open source does nothing, so the app can open it early to fail fast.
+        """
         import av
+
+        if self._container is not None:
+            return
 
         if not self.network and not Path(self.uri).is_file():
             raise SourceError(

@@ -1,0 +1,192 @@
+"""Composition root: build sources, branches and the counting function from the config.
+
+Nothing else in the project knows how the parts are wired; every choice (decoder, backend,
+preprocessor, adapter) is made here from explicit tables in the config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from config.schema import InputSpecConfig, PipelineConfig, StreamConfig
+from models.backends import create_backend
+from models.branch import ModelBranch
+from models.runner import ModelRunner, check_image_input
+from pipeline.counting import hybrid_count, merge_detections
+from pipeline.errors import ConfigError, SourceError
+from pipeline.preprocess import InputSpec, NumpyPreprocessor
+from pipeline.protocols import FrameSource
+from pipeline.sources import EventCallback, PyAVSource
+from pipeline.types import BranchResult, CountResult, DensityMap, Detections, FrameMeta
+
+log = logging.getLogger("people_counter.app")
+
+Role = Literal["global", "tiles", "density"]
+
+
+def make_input_spec(name: str, cfg: InputSpecConfig) -> InputSpec:
+    return InputSpec(
+        name=name,
+        kind=cfg.kind,
+        width=cfg.width,
+        height=cfg.height,
+        overlap=cfg.overlap,
+        dtype=cfg.dtype,
+        mean=cfg.mean,
+        std=cfg.std,
+        pad_value=cfg.pad_value,
+    )
+
+
+def make_source(stream: StreamConfig, device: str, on_event: EventCallback, uri: str | None = None) -> FrameSource:
+    """The frame source for a stream: PyAV (CPU), NVDEC (GPU) or synthetic (tests)."""
+    uri = uri or stream.uri
+    decoder = stream.decoder
+    if uri.startswith("synthetic://"):
+        decoder = "synthetic"
+    if decoder == "synthetic":
+        from pipeline.sources_synthetic import SyntheticSource
+
+        return SyntheticSource.from_uri(uri, stream_id=stream.id)
+    if decoder == "nvdec":
+        from gpu.nvdec_source import NvdecSource
+
+        return NvdecSource(uri, stream_id=stream.id, loop=stream.loop, on_event=on_event)
+    if device == "gpu":
+        raise ConfigError(
+            f"streams: decoder pyav decodes to the host but backend.device is gpu; use decoder: nvdec for {uri}"
+        )
+    return PyAVSource(
+        uri,
+        stream_id=stream.id,
+        loop=stream.loop,
+        reconnect_attempts=stream.reconnect_attempts,
+        reconnect_backoff_s=stream.reconnect_backoff_s,
+        open_timeout_s=stream.open_timeout_s,
+        on_event=on_event,
+    )
+
+
+def branch_role(cfg: PipelineConfig, name: str) -> Role:
+    b = cfg.branches[name]
+    if cfg.models[b.model].kind == "density":
+        return "density"
+    return "global" if cfg.preprocess[b.input].kind == "letterbox" else "tiles"
+
+
+def _make_preprocessor(spec: InputSpec, device: str) -> Any:
+    if device == "gpu":
+        from gpu.preprocess import GpuPreprocessor
+
+        return GpuPreprocessor(spec)
+    return NumpyPreprocessor(spec)
+
+
+def _make_adapter(cfg: PipelineConfig, model_name: str) -> Any:
+    model = cfg.models[model_name]
+    if model.kind == "density":
+        from models.density import DensityAdapter
+
+        return DensityAdapter(model)
+    from models.yolo import YoloAdapter
+
+    return YoloAdapter(model)
+
+
+def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[ModelBranch]:
+    """One branch per enabled config branch, each with its own backend instance (its own
+    execution context on TensorRT; ONNX Runtime sessions are not shared between threads)."""
+    branches: list[ModelBranch] = []
+    be = cfg.backend
+    try:
+        for name, bcfg in cfg.branches.items():
+            if not bcfg.enabled or (only is not None and name not in only):
+                continue
+            spec = make_input_spec(bcfg.input, cfg.preprocess[bcfg.input])
+            model = cfg.models[bcfg.model]
+            kwargs: dict[str, Any]
+            if be.name == "onnxruntime":
+                kwargs = {
+                    "providers": list(be.onnxruntime.providers),
+                    "intra_op_threads": be.onnxruntime.intra_op_threads,
+                    "device": be.device,
+                }
+            else:
+                kwargs = {"engine_dir": be.tensorrt.engine_dir, "precision": be.tensorrt.precision,
+                          "cuda_graphs": be.tensorrt.cuda_graphs}
+            backend = create_backend(be.name, model.path, **kwargs)
+            runner = ModelRunner(backend, name)  # telemetry: inference_model_<branch>_ms
+            check_image_input(bcfg.model, runner.input, spec.width, spec.height)
+            branches.append(
+                ModelBranch(
+                    name,
+                    preprocessor=_make_preprocessor(spec, be.device),
+                    runner=runner,
+                    adapter=_make_adapter(cfg, bcfg.model),
+                    every_n_frames=bcfg.every_n_frames,
+                    spec_kind=spec.kind,
+                )
+            )
+    except BaseException:
+        for b in branches:
+            b.close()
+        raise
+    return branches
+
+
+CombineFn = Callable[[Mapping[str, BranchResult], FrameMeta], tuple[Detections, DensityMap | None, CountResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """Merges the branches' results of one frame and counts (the fusion's ``combine``)."""
+
+    cfg: PipelineConfig
+    roles: Mapping[str, Role]
+
+    def __call__(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None, CountResult]:
+        counting = self.cfg.counting
+        global_parts: list[Detections] = []
+        tile_parts: list[Detections] = []
+        rects = []
+        density: DensityMap | None = None
+        for name, res in results.items():
+            role = self.roles.get(name)
+            if res.error is not None or role is None:
+                continue
+            if role == "density":
+                density = res.density
+            elif res.detections is not None:
+                if role == "global":
+                    global_parts.append(res.detections)
+                else:
+                    tile_parts.append(res.detections)
+                    if res.tile_rects is not None:
+                        rects.append(res.tile_rects)
+        import numpy as np
+
+        frame_wh = (frame.width, frame.height)
+        tile_rects = np.concatenate(rects) if rects else np.zeros((0, 4), np.float32)
+        merged = merge_detections(
+            Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, counting.merge
+        )
+        counts = hybrid_count(merged, density, frame_wh, counting.hybrid, counting.policy, zones=counting.zones)
+        return merged, density, counts
+
+
+def make_counter(cfg: PipelineConfig) -> Counter:
+    return Counter(cfg, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
+
+
+def check_source_readable(source: FrameSource) -> None:
+    """Open the source before anything is recorded, so a bad URI fails fast and clearly."""
+    opener = getattr(source, "open", None)
+    if opener is None:
+        return
+    try:
+        opener()
+    except SourceError:
+        raise
