@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from config.schema import InputSpecConfig, PipelineConfig, StreamConfig
+from config.schema import InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
 from models.backends import create_backend
 from models.branch import ModelBranch
 from models.runner import ModelRunner, check_image_input
 from pipeline.counting import hybrid_count, merge_detections
-from pipeline.errors import ConfigError, SourceError
+from pipeline.errors import ConfigError, ModelLoadError, SourceError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
-from pipeline.protocols import FrameSource
+from pipeline.protocols import FrameSource, TensorInfo
 from pipeline.sources import EventCallback, PyAVSource
 from pipeline.types import BranchResult, CountResult, DensityMap, Detections, FrameMeta
 
@@ -120,6 +120,7 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Mod
             backend = create_backend(be.name, model.path, **kwargs)
             runner = ModelRunner(backend, name)  # telemetry: inference_model_<branch>_ms
             check_image_input(bcfg.model, runner.input, spec.width, spec.height)
+            check_model_outputs(bcfg.model, model, backend.outputs)
             branches.append(
                 ModelBranch(
                     name,
@@ -135,6 +136,24 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Mod
             b.close()
         raise
     return branches
+
+
+def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[TensorInfo, ...]) -> None:
+    """Refuse, at load time, a model whose outputs its adapter cannot decode."""
+    shapes = {o.name: o.shape for o in outputs}
+    if model.kind == "yolo":
+        from models.yolo import check_head_shapes, detect_head
+
+        try:
+            check_head_shapes(detect_head(shapes) if model.head == "auto" else model.head, shapes)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {model_name!r} ({model.path}): {exc}") from None
+        return
+    dims = [s for s in shapes.values() if len(s) == 4 and s[1] in (1, None)]
+    if len(shapes) != 1 or not dims:
+        raise ModelLoadError(
+            f"model {model_name!r} ({model.path}): density model outputs {shapes}; expected one (batch, 1, h, w) map"
+        )
 
 
 CombineFn = Callable[[Mapping[str, BranchResult], FrameMeta], tuple[Detections, DensityMap | None, CountResult]]
