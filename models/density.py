@@ -1,0 +1,129 @@
+"""Density adapter: CSRNet-style outputs -> one frame-space ``DensityMap``.
+
+The model sees N tensors of one plan and returns (N, 1, H/s, W/s) (or (N, H/s, W/s)) people per
+output cell, s = ``ModelConfig.output_stride``, times ``ModelConfig.density_scale``.
+
+- ``grid`` plans (non-overlapping tiles, row-major, frame padded right/bottom): the tile maps are
+  placed side by side into one (rows*H/s, cols*W/s) map with the frame's stride s. Cells wholly
+  in the padding beyond the frame edge are zeroed, so padding never counts; a cell that straddles
+  the edge keeps its value (it saw real pixels).
+- ``letterbox`` plans (one scaled image): the map is redistributed onto frame cells of
+  ``round(s / scale)`` pixels, each output cell's mass split by area overlap (sum-preserving);
+  cells wholly in the letterbox padding are dropped.
+- ``tiles`` plans (overlapping) are refused: overlapping tiles would count people twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from config.schema import ModelConfig
+from pipeline.errors import ModelLoadError
+from pipeline.geometry import PreprocessPlan
+from pipeline.types import DensityMap, PreprocessOutput
+
+__all__ = ["DensityAdapter", "density_output", "resample_letterbox", "stitch_grid"]
+
+
+def density_output(outputs: Mapping[str, Any], plan: PreprocessPlan, stride: int) -> NDArray[np.float32]:
+    """The single model output as (N, h, w) float32 host array, checked against the plan.
+
+    Expected (N, 1, H//s, W//s) or (N, H//s, W//s) with N = ``plan.count`` and (W, H) =
+    ``plan.out_wh``. Raises ``ModelLoadError`` naming the output, the shape found and expected.
+    """
+    if len(outputs) != 1:
+        found = ", ".join(f"{n} {list(np.shape(a))}" for n, a in outputs.items()) or "none"
+        raise ModelLoadError(f"density model: expected exactly one output, got {found}")
+    ((name, raw),) = outputs.items()
+    arr = raw.get() if hasattr(raw, "get") and not isinstance(raw, np.ndarray) else np.asarray(raw)
+    w, h = plan.out_wh
+    want = (plan.count, h // stride, w // stride)
+    got = tuple(arr.shape)
+    if got not in (want, (want[0], 1, *want[1:])):
+        raise ModelLoadError(
+            f"density output {name!r} has shape {list(got)}; expected {[want[0], 1, *want[1:]]} "
+            f"(or {list(want)}) for {plan.count} tensors of {w}x{h} at stride {stride}"
+        )
+    return arr.reshape(want).astype(np.float32)
+
+
+def stitch_grid(maps: NDArray[np.float32], plan: PreprocessPlan, stride: int) -> NDArray[np.float32]:
+    """(N, h, w) tile maps of a ``grid`` plan -> (rows*h, cols*w) frame map, padding zeroed.
+
+    Tile i of the row-major grid lands at cell (r*h, c*w); within it, cells past
+    ``ceil(content / stride)`` (wholly beyond the frame edge) are set to zero.
+    """
+    rows, cols = plan.grid_shape
+    _, h, w = maps.shape
+    if plan.out_wh[0] % stride or plan.out_wh[1] % stride:
+        raise ModelLoadError(
+            f"density grid tiles of {plan.out_wh[0]}x{plan.out_wh[1]} are not a multiple of the output stride "
+            f"{stride}: the tile maps would not line up; choose a tile size divisible by {stride}"
+        )
+    keep_w = np.ceil(plan.content_wh[:, 0] / stride).astype(np.int64)  # (N,)
+    keep_h = np.ceil(plan.content_wh[:, 1] / stride).astype(np.int64)
+    valid = (np.arange(h)[None, :, None] < keep_h[:, None, None]) & (np.arange(w)[None, None, :] < keep_w[:, None, None])
+    tiles = np.where(valid, maps, np.float32(0)).reshape(rows, cols, h, w)
+    return np.ascontiguousarray(tiles.transpose(0, 2, 1, 3).reshape(rows * h, cols * w))
+
+
+def _overlap_matrix(n_in: int, in_stride: float, pad: int, scale: float, content: int, n_out: int, out_stride: int, limit: int) -> NDArray[np.float64]:
+    """(n_out, n_in): share of input cell i's mass that lands in output cell o, along one axis.
+
+    Input cell i covers tensor pixels [i*s, (i+1)*s), clipped to the content [pad, pad+content)
+    and mapped to frame pixels by ``(u - pad) / scale``; its mass is split over output cells
+    [o*out_stride, (o+1)*out_stride) by overlap length. Cells with no content get zero weight
+    (padding never counts).
+    """
+    u0 = np.clip(np.arange(n_in) * in_stride, pad, pad + content)
+    u1 = np.clip((np.arange(n_in) + 1) * in_stride, pad, pad + content)
+    f0 = np.clip((u0 - pad) / scale, 0, limit)
+    f1 = np.clip((u1 - pad) / scale, 0, limit)
+    o0 = np.arange(n_out)[:, None] * out_stride
+    o1 = o0 + out_stride
+    overlap = (np.minimum(o1, f1[None, :]) - np.maximum(o0, f0[None, :])).clip(0)
+    length = f1 - f0
+    return np.divide(overlap, length[None, :], out=np.zeros_like(overlap), where=length[None, :] > 0)
+
+
+def resample_letterbox(dmap: NDArray[np.float32], plan: PreprocessPlan, stride: int) -> tuple[NDArray[np.float32], int]:
+    """(h, w) map of one letterboxed tensor -> (frame map, frame stride), sum-preserving.
+
+    The frame stride is ``max(1, round(stride / scale))`` pixels; the output covers the frame with
+    ``ceil(W / stride_out) x ceil(H / stride_out)`` cells. Input cells wholly in the padding drop.
+    """
+    sx, sy = plan.scale
+    fw, fh = plan.frame_wh
+    out_stride = max(1, round(stride / min(sx, sy)))
+    n_x, n_y = math.ceil(fw / out_stride), math.ceil(fh / out_stride)
+    cw, ch = (int(v) for v in plan.content_wh[0])
+    px, py = plan.pad
+    mx = _overlap_matrix(dmap.shape[1], stride, px, sx, cw, n_x, out_stride, fw)
+    my = _overlap_matrix(dmap.shape[0], stride, py, sy, ch, n_y, out_stride, fh)
+    return (my @ dmap.astype(np.float64) @ mx.T).astype(np.float32), out_stride
+
+
+class DensityAdapter:
+    """``decode(outputs, pre) -> DensityMap`` for a density CNN (CSRNet) on a grid or letterbox plan."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.stride = cfg.output_stride
+        self.scale = cfg.density_scale
+
+    def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> DensityMap:
+        plan = pre.plan
+        maps = density_output(outputs, plan, self.stride) * np.float32(self.scale)
+        if plan.kind == "grid":
+            return DensityMap(density=stitch_grid(maps, plan, self.stride), stride=self.stride)
+        if plan.kind == "letterbox":
+            frame_map, out_stride = resample_letterbox(maps[0], plan, self.stride)
+            return DensityMap(density=frame_map, stride=out_stride)
+        raise ModelLoadError(
+            f"density model on spec {pre.spec_name!r} of kind {plan.kind!r}: overlapping tiles would count "
+            "people twice; use an input spec of kind grid (or letterbox)"
+        )

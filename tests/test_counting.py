@@ -1,0 +1,198 @@
+"""Hybrid count (detections where sparse, density where dense, per region), policies, zones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from config.schema import HybridConfig, ZoneConfig
+from pipeline.counting import grid_in_polygon, hybrid_count, points_in_polygon, region_density
+from pipeline.types import DensityMap, Detections
+
+FRAME = (1920, 1080)
+# Default grid 3x6: regions of 320x360 px = 0.1152 Mpx; dense = D >= 3 and D >= 40/Mpx (4.608 people).
+CFG = HybridConfig()
+
+
+def make_detections(feet_points: Sequence[tuple[float, float]], w: float = 40, h: float = 100) -> Detections:
+    """Person boxes of w x h standing at each (x, y) feet point (box centre h/2 above the feet)."""
+    pts = np.asarray(feet_points, np.float32).reshape(-1, 2)
+    xyxy = np.stack([pts[:, 0] - w / 2, pts[:, 1] - h, pts[:, 0] + w / 2, pts[:, 1]], axis=1)
+    n = len(pts)
+    return Detections(xyxy=xyxy.astype(np.float32), score=np.full(n, 0.9, np.float32),
+                      class_id=np.zeros(n, np.int32), source=np.full(n, -1, np.int32))
+
+
+def make_density(people: Sequence[tuple[float, float, float]], frame_wh: tuple[int, int] = FRAME, stride: int = 8) -> DensityMap:
+    """A density map with ``n`` people in the cell containing each (x, y, n)."""
+    w, h = frame_wh
+    d = np.zeros((-(-h // stride), -(-w // stride)), np.float32)
+    for x, y, n in people:
+        d[int(y // stride), int(x // stride)] += n
+    return DensityMap(density=d, stride=stride)
+
+
+def region_centre(r: int, c: int) -> tuple[float, float]:
+    return (c + 0.5) * 320, (r + 0.5) * 360
+
+
+def people_in(r: int, c: int, n: int) -> list[tuple[float, float]]:
+    """n feet points in region (r, c) whose box centres stay in that region."""
+    x, y = region_centre(r, c)
+    return [(x - 100 + 20 * i, y + 50) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("name", "feet_pts", "density", "fused", "dense_regions"),
+    [
+        ("sparse scene: detections everywhere",
+         people_in(0, 0, 2) + people_in(2, 5, 3),
+         [(*region_centre(0, 0), 1.0), (*region_centre(1, 1), 1.0), (*region_centre(2, 5), 2.0)],
+         5.0, []),
+        ("dense region counts by density",
+         people_in(0, 0, 3) + people_in(2, 5, 2),
+         [(*region_centre(0, 0), 50.0)],
+         52.0, [(0, 0)]),
+        ("mixed: two dense regions, one just below the rate",
+         people_in(0, 0, 3) + people_in(1, 2, 4) + people_in(2, 3, 6),
+         [(*region_centre(0, 0), 50.0), (*region_centre(1, 2), 10.0), (*region_centre(2, 3), 4.5)],
+         50.0 + 10.0 + 6.0, [(0, 0), (1, 2)]),  # 4.5 people = 39 / Mpx: detections
+        ("no people", [], [], 0.0, []),
+    ],
+)
+def test_hybrid_regions(name: str, feet_pts: list, density: list, fused: float, dense_regions: list) -> None:
+    result = hybrid_count(make_detections(feet_pts), make_density(density), FRAME, CFG, "hybrid")
+    assert result.fused == pytest.approx(fused), name
+    assert result.policy == "hybrid"
+    assert result.detection == len(feet_pts)
+    assert result.density == pytest.approx(sum(n for *_, n in density))
+    want_source = np.zeros((3, 6), np.int8)
+    for r, c in dense_regions:
+        want_source[r, c] = 1
+    np.testing.assert_array_equal(result.region_source, want_source)
+    assert result.region_counts.sum() == pytest.approx(fused)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "people", "dense"),
+    [
+        # 1x1 region: 50 people over 2.07 Mpx = 24 / Mpx, not dense
+        (HybridConfig(region_rows=1, region_cols=1), 50.0, False),
+        (HybridConfig(region_rows=1, region_cols=1, dense_people_per_mpx=20.0), 50.0, True),
+        # 10x10 regions of 0.0207 Mpx: 2.5 people = 120 / Mpx, but fewer than min_density_people
+        (HybridConfig(region_rows=10, region_cols=10), 2.5, False),
+        (HybridConfig(region_rows=10, region_cols=10, min_density_people=2.0), 2.5, True),
+    ],
+)
+def test_hybrid_thresholds(cfg: HybridConfig, people: float, dense: bool) -> None:
+    result = hybrid_count(make_detections([(100, 150)]), make_density([(96, 50, people)]), FRAME, cfg, "hybrid")
+    assert bool(result.region_source[0, 0]) is dense
+    assert result.fused == pytest.approx(people if dense else 1.0)
+    assert result.region_source.shape == (cfg.region_rows, cfg.region_cols)
+
+
+@pytest.mark.parametrize(
+    ("policy", "with_density", "fused", "label", "source"),
+    [
+        ("detections", True, 5.0, "detections", 0),
+        ("density", True, 57.0, "density", 1),
+        ("hybrid", True, 52.0 + 5.0, "hybrid", None),
+        ("detections", False, 5.0, "detections", 0),
+        ("density", False, 5.0, "density(density unavailable)->detections", 0),
+        ("hybrid", False, 5.0, "hybrid(density unavailable)->detections", 0),
+    ],
+)
+def test_policies(policy: str, with_density: bool, fused: float, label: str, source: int | None) -> None:
+    dets = make_detections(people_in(0, 0, 3) + people_in(2, 5, 2))
+    density = make_density([(*region_centre(0, 0), 50.0), (*region_centre(2, 5), 2.0), (*region_centre(1, 3), 5.0)])
+    result = hybrid_count(dets, density if with_density else None, FRAME, CFG, policy)  # type: ignore[arg-type]
+    assert result.fused == pytest.approx(fused)
+    assert result.policy == label
+    assert result.detection == 5
+    assert result.density == (pytest.approx(57.0) if with_density else None)
+    if source is not None:
+        assert (result.region_source == source).all()
+    else:  # hybrid: (0, 0) and (1, 3) dense, the rest by detections
+        assert result.region_source.sum() == 2 and result.region_source[0, 0] == 1 and result.region_source[1, 3] == 1
+
+
+def test_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'average'"):
+        hybrid_count(Detections.empty(), None, FRAME, CFG, "average")  # type: ignore[arg-type]
+
+
+# --- zones ---------------------------------------------------------------------------------------
+
+LEFT_THIRD = ZoneConfig(name="left", polygon=[(0, 0), (640, 0), (640, 1080), (0, 1080)])
+TRIANGLE = ZoneConfig(name="door", polygon=[(1300, 1080), (1900, 1080), (1900, 700)])
+
+
+@pytest.mark.parametrize(
+    ("policy", "left", "door"),
+    [
+        # region (0, 0) is dense: its 3 detections give way to its 50 density people
+        ("hybrid", 50.0 + 2.0, 1.0),
+        ("detections", 3.0 + 2.0, 1.0),
+        ("density", 50.0 + 1.0, 3.0),
+    ],
+)
+def test_zones(policy: str, left: float, door: float) -> None:
+    feet_pts = [
+        *people_in(0, 0, 3),  # dense region, inside "left"
+        (400, 700), (600, 1000),  # sparse, inside "left"
+        (700, 1000),  # right of "left"
+        (1800, 1000),  # inside "door"
+        (1500, 800),  # above the door's hypotenuse: outside
+    ]
+    density = make_density([(*region_centre(0, 0), 50.0), (500, 900, 1.0), (1850, 1050, 3.0)])
+    result = hybrid_count(make_detections(feet_pts), density, FRAME, CFG, policy, zones=[LEFT_THIRD, TRIANGLE])  # type: ignore[arg-type]
+    assert dict(result.zones) == pytest.approx({"left": left, "door": door})
+
+
+def test_zone_uses_the_feet_not_the_centre() -> None:
+    zone = ZoneConfig(name="floor", polygon=[(0, 500), (1920, 500), (1920, 1080), (0, 1080)])
+    dets = make_detections([(100, 520), (300, 480)], h=200)  # centres at y 420 and 380, both outside
+    result = hybrid_count(dets, None, FRAME, CFG, "detections", zones=[zone])
+    assert result.zones == {"floor": 1.0}
+
+
+L_SHAPE = [(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)]
+
+
+@pytest.mark.parametrize(
+    ("polygon", "points", "inside"),
+    [
+        ([(0, 0), (10, 0), (10, 10), (0, 10)], [(5, 5), (15, 5), (-1, 5), (5, 11), (9.9, 0.1)], [1, 0, 0, 0, 1]),
+        (L_SHAPE, [(2, 2), (8, 2), (2, 8), (8, 8), (5, 5)], [1, 1, 1, 0, 0]),  # the notch is outside
+        ([(0, 0), (10, 5), (0, 10)], [(1, 5), (9, 5), (9, 1), (5, 7.4)], [1, 1, 0, 1]),
+    ],
+)
+def test_points_in_polygon(polygon: list, points: list, inside: list[int]) -> None:
+    got = points_in_polygon(np.asarray(points, np.float64), polygon)
+    assert got.astype(int).tolist() == inside
+
+
+@pytest.mark.parametrize("polygon", [L_SHAPE, [(0, 0), (10, 5), (0, 10)], [(1, 1), (9, 2), (3, 5), (8, 9), (0.5, 7)]])
+def test_grid_in_polygon_matches_points(polygon: list) -> None:
+    xs = np.linspace(-1, 11, 37)
+    ys = np.linspace(-1, 11, 29)
+    gx, gy = np.meshgrid(xs, ys)
+    want = points_in_polygon(np.stack([gx.ravel(), gy.ravel()], axis=1), polygon).reshape(gy.shape)
+    np.testing.assert_array_equal(grid_in_polygon(xs, ys, polygon), want)
+    assert want.any() and not want.all()
+
+
+@pytest.mark.parametrize(("frame_wh", "rows", "cols"), [((1920, 1080), 3, 6), ((1804, 1003), 3, 6), ((1000, 600), 7, 5)])
+def test_region_density_partitions_the_map(frame_wh: tuple[int, int], rows: int, cols: int) -> None:
+    rng = np.random.default_rng(1)
+    w, h = frame_wh
+    dmap = DensityMap(density=rng.uniform(0, 1, (-(-h // 8), -(-w // 8))).astype(np.float32), stride=8)
+    got = region_density(dmap, frame_wh, rows, cols)
+    assert got.sum() == pytest.approx(dmap.count, rel=1e-9)
+    # inner regions agree with DensityMap.integral (same cell-centre rule)
+    rw, rh = w / cols, h / rows
+    for r in range(rows - 1):
+        for c in range(cols - 1):
+            assert got[r, c] == pytest.approx(dmap.integral(c * rw, r * rh, (c + 1) * rw, (r + 1) * rh), rel=1e-6)
