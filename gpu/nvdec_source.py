@@ -1,0 +1,225 @@
+"""NVDEC frame source: PyNvVideoCodec decode of a file or URL straight to GPU memory, native NV12.
+
+``NvdecSource(uri).frames()`` yields ``Frame(meta, image, layout="nv12", device="gpu")`` where
+``image`` is a (H*3/2, W) uint8 CuPy array in a slot of a :class:`gpu.ring.FrameRing`.
+
+- Demux: ``PyNvVideoCodec.CreateDemuxer`` (FFmpeg inside: files, RTSP, HTTP).
+- Decode: ``CreateDecoder(..., usedevicememory=True, outputColorType=NATIVE)`` on the source's CUDA
+  stream. Live URLs use ``DisplayDecodeLatencyType.LOW`` with ``ENDOFPICTURE`` packets (frames come
+  out as soon as they are decoded; cameras send no B-frames), files the native mode.
+- Hand-over: the decoded surface is taken zero-copy (DLPack, else the planes' CUDA array
+  interface) and copied once, on the GPU, into the next ring slot, because the decoder reuses its
+  surfaces. Slots are allocated once and recycled.
+
+Frame memory: valid until ``ring_depth`` further frames have been requested (``FrameSource``
+contract). Work on the frame must be on ``stream`` (pass the pipeline's stream) or after a
+synchronisation; without a given stream the source synchronises its own stream before it yields.
+
+Errors: no CuPy / no device / no PyNvVideoCodec -> ``GpuUnavailableError`` (says how to switch to
+the CPU decoder); missing, unreadable or corrupt input -> ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gpu.ring import FrameRing
+from pipeline.errors import GpuUnavailableError, SourceError
+from pipeline.types import Frame, FrameMeta
+
+log = logging.getLogger("people_counter.decode")
+
+NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+_SWITCH = "set streams[].decoder: pyav to decode on the CPU"
+
+
+def import_nvc() -> Any:
+    try:
+        import PyNvVideoCodec as nvc
+    except ImportError as exc:
+        raise GpuUnavailableError(f"NVDEC decode needs PyNvVideoCodec ({exc}); pip install PyNvVideoCodec, or {_SWITCH}") from None
+    return nvc
+
+
+def _import_cupy() -> Any:
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise GpuUnavailableError(f"NVDEC decode needs CuPy and a CUDA device ({exc}); {_SWITCH}") from None
+    return cupy
+
+
+class NvdecSource:
+    """Decode ``uri`` with NVDEC into a GPU frame ring (see the module docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        stream_id: str = "cam0",
+        loop: bool = False,
+        gpu_id: int = 0,
+        ring_depth: int = 8,
+        low_latency: bool | None = None,
+        stream: Any = None,
+        max_frames: int | None = None,
+    ) -> None:
+        self.uri = uri
+        self.stream_id = stream_id
+        self.loop = loop
+        self.gpu_id = gpu_id
+        self.ring_depth = ring_depth
+        self.network = uri.lower().startswith(NETWORK_SCHEMES)
+        self.low_latency = self.network if low_latency is None else low_latency
+        self.max_frames = max_frames
+        self._given_stream = stream
+        self.stream: Any = None
+        self.ring: FrameRing | None = None
+        self._nvc: Any = None
+        self._demuxer: Any = None
+        self._decoder: Any = None
+        self.width = 0
+        self.height = 0
+        self.fps = 0.0
+        self.surface_path = ""
+        """How decoded surfaces are read: "dlpack" or "planes" (set at the first frame)."""
+
+    def __enter__(self) -> NvdecSource:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def open(self) -> None:
+        cp = _import_cupy()
+        self._nvc = import_nvc()
+        if not self.network and not Path(self.uri).is_file():
+            raise SourceError(f"video file not found: {self.uri}")
+        with cp.cuda.Device(self.gpu_id):
+            self.stream = self._given_stream or cp.cuda.Stream(non_blocking=True)
+        self._open_demuxer()
+        self.ring = FrameRing((self.height * 3 // 2, self.width), self.ring_depth, device_id=self.gpu_id)
+        log.info(
+            "nvdec: %s %dx%d %.2f fps, %s latency, ring of %d slots",
+            self.uri, self.width, self.height, self.fps, "low" if self.low_latency else "native", self.ring_depth,
+        )  # fmt: skip
+
+    def _open_demuxer(self, with_decoder: bool = True) -> None:
+        nvc = self._nvc
+        try:
+            self._demuxer = nvc.CreateDemuxer(self.uri)
+            self.width, self.height = int(self._demuxer.Width()), int(self._demuxer.Height())
+            self.fps = float(self._demuxer.FrameRate())
+            codec = self._demuxer.GetNvCodecId()
+        except Exception as exc:  # PyNvVideoCodec raises its own exception types (or RuntimeError)
+            raise SourceError(f"cannot open {self.uri} for NVDEC: {exc}") from None
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise SourceError(f"{self.uri}: unsupported frame size {self.width}x{self.height} (NV12 needs even sizes)")
+        if not with_decoder:
+            return  # looping a file: the flushed decoder takes the same stream again
+        latency = nvc.DisplayDecodeLatencyType.LOW if self.low_latency else nvc.DisplayDecodeLatencyType.NATIVE
+        kwargs: dict[str, Any] = {
+            "gpuid": self.gpu_id,
+            "codec": codec,
+            "cudacontext": 0,
+            "cudastream": int(self.stream.ptr),
+            "usedevicememory": True,
+            "outputColorType": nvc.OutputColorType.NATIVE,
+            "latency": latency,
+        }
+        try:
+            self._decoder = nvc.CreateDecoder(**kwargs)
+        except Exception as exc:
+            raise SourceError(f"cannot create an NVDEC decoder for {self.uri} (codec {codec}): {exc}") from None
+
+    def close(self) -> None:
+        self._decoder = None
+        self._demuxer = None
+
+    def _surface(self, decoded: Any) -> Any:
+        """The decoded NV12 surface as a (H*3/2, W) CuPy view (zero-copy; may be pitched)."""
+        cp = _import_cupy()
+        h, w = self.height, self.width
+        try:
+            arr = cp.from_dlpack(decoded)
+            if tuple(arr.shape) == (h * 3 // 2, w):
+                self._note_path("dlpack", arr)
+                return arr
+        except Exception:  # older builds: no DLPack for NV12; use the planes below
+            pass
+        y_view, uv_view = decoded.cuda()[:2]
+        y = cp.asarray(y_view).reshape(h, -1)[:, :w]
+        uv = cp.asarray(uv_view).reshape(h // 2, -1)[:, :w]
+        self._note_path("planes", y)
+        return (y, uv)
+
+    def _note_path(self, path: str, arr: Any) -> None:
+        if not self.surface_path:
+            self.surface_path = path
+            log.info("nvdec: surfaces via %s, %s strides %s", path, arr.shape, arr.strides)
+
+    def _to_slot(self, decoded: Any) -> tuple[int, Any]:
+        cp = _import_cupy()
+        assert self.ring is not None
+        index, slot = self.ring.acquire(self.stream)
+        with self.stream:
+            surf = self._surface(decoded)
+            if isinstance(surf, tuple):
+                slot[: self.height] = surf[0]
+                slot[self.height :] = surf[1]
+            else:
+                cp.copyto(slot, surf)
+        return index, slot
+
+    def _packets(self) -> Iterator[Any]:
+        nvc = self._nvc
+        for packet in self._demuxer:
+            if self.low_latency:
+                packet.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
+            yield packet
+
+    def _decode_all(self) -> Iterator[Any]:
+        nvc = self._nvc
+        try:
+            for packet in self._packets():
+                yield from self._decoder.Decode(packet)
+            while True:  # flush the frames still in the decoder
+                rest = self._decoder.Decode(nvc.PacketData())
+                if not rest:
+                    break
+                yield from rest
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise SourceError(f"NVDEC decode of {self.uri} failed: {exc}") from None
+
+    def frames(self) -> Iterator[Frame]:
+        if self._decoder is None:
+            self.open()
+        index = 0
+        tb = 1.0 / self.fps if self.fps > 0 else 0.0
+        while True:
+            produced = 0
+            for decoded in self._decode_all():
+                _, slot = self._to_slot(decoded)
+                if self._given_stream is None:
+                    self.stream.synchronize()
+                meta = FrameMeta(self.stream_id, index, index * tb, time.perf_counter(), self.width, self.height)
+                yield Frame(meta, slot, layout="nv12", device="gpu")
+                index += 1
+                produced += 1
+                if self.max_frames is not None and index >= self.max_frames:
+                    return
+            if produced == 0 and index == 0:
+                raise SourceError(f"{self.uri}: no frame could be decoded (corrupt or not a video?)")
+            if not self.loop or self.network:
+                return
+            self._open_demuxer(with_decoder=False)

@@ -1,0 +1,207 @@
+"""ONNX Runtime CUDA execution provider on CuPy arrays: IOBinding by device pointer, no host copy.
+
+:class:`CudaBinding` binds CuPy inputs by pointer (``IOBinding.bind_input(name, "cuda", device_id,
+element_type, shape, ptr)``) and binds outputs to CuPy arrays it allocates from CuPy's pool, with
+shapes from the model (dynamic dimensions resolved once per input shape and cached).
+
+Streams: the CUDA EP runs its kernels on ``user_compute_stream`` when one is given (provider option
+since ONNX Runtime 1.17; a stream handle of 0 is ignored by ORT, so this is always a CuPy
+non-default stream). The binding owns one such stream (one per branch/backend: branches run
+concurrently) unless the caller passes one to share. Inputs made on another stream are ordered
+before the model by an event (GPU-side wait, no host block). With ``synchronize=False`` the run
+skips ORT's end-of-run stream synchronisation (run option
+``disable_synchronize_execution_providers``), so ``run`` returns once the work is enqueued and
+:meth:`CudaPending.wait` waits on an event; with ``True`` ORT blocks as usual.
+
+Output ownership: every call returns fresh arrays (pool memory) that belong to the caller.
+``provider_options`` add CUDA EP options (e.g. ``{"use_tf32": "0"}`` for strict float32; the
+default convolves in TF32, about 1e-3 relative per layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import GpuUnavailableError, ModelLoadError
+from pipeline.protocols import TensorInfo
+
+log = logging.getLogger("people_counter.inference")
+
+DISABLE_SYNC_KEY = "disable_synchronize_execution_providers"
+
+
+
+def _process_lifetime_stream(cupy: Any) -> Any:
+    """A non-blocking stream that is never destroyed (a non-owning ``ExternalStream``).
+
+    ORT keeps the ``user_compute_stream`` handle until the session dies, which may be after any
+    Python owner of the stream (at interpreter exit, too); a destroyed stream there is CUDA error
+    709. One stream per binding; bindings are few per process."""
+    handle = cupy.cuda.runtime.streamCreateWithFlags(cupy.cuda.runtime.streamNonBlocking)
+    return cupy.cuda.ExternalStream(handle)
+
+
+class CudaPending:
+    """Outputs of an enqueued ORT CUDA run; ``wait()`` blocks on the run's completion event."""
+
+    __slots__ = ("_event", "_inputs", "_outputs")
+
+    def __init__(self, outputs: dict[str, Any], event: Any, inputs: Mapping[str, Any]) -> None:
+        self._outputs = outputs
+        self._event = event
+        # Input memory must outlive the run: pool memory freed early could be reused by the caller's stream.
+        self._inputs: Mapping[str, Any] | None = inputs
+
+    def wait(self) -> dict[str, Any]:
+        if self._event is not None:
+            self._event.synchronize()
+        self._inputs = None
+        return self._outputs
+
+
+class CudaBinding:
+    """Run an ORT session on CUDA with CuPy inputs and outputs (see the module docstring)."""
+
+    def __init__(
+        self,
+        session: Any,
+        inputs: Sequence[TensorInfo],
+        outputs: Sequence[TensorInfo],
+        device_id: int = 0,
+        stream: Any = None,
+        synchronize: bool = False,
+        provider_options: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            import cupy
+        except ImportError as exc:
+            raise GpuUnavailableError(
+                f"ONNX Runtime on the GPU needs CuPy ({exc}); install cupy-cuda13x or set backend.device: cpu"
+            ) from None
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in session.get_providers():
+            raise ModelLoadError(
+                f"the session runs on {session.get_providers()}, not CUDAExecutionProvider; install onnxruntime-gpu "
+                "(and its CUDA/cuDNN libraries) or set backend.device: cpu"
+            )
+        self._cp = cupy
+        self.device_id = device_id
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        with cupy.cuda.Device(device_id):
+            self.stream = stream if stream is not None else _process_lifetime_stream(cupy)
+        if not self.stream.ptr:
+            raise ValueError("CudaBinding needs a non-default CUDA stream (ONNX Runtime ignores stream 0)")
+        # Re-create the session's providers so the CUDA EP enqueues on our stream.
+        opts = dict(session.get_provider_options().get("CUDAExecutionProvider", {}))
+        opts.update(provider_options or {})
+        opts.update({"device_id": str(device_id), "user_compute_stream": str(self.stream.ptr)})
+        session.set_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], [opts, {}])
+        self._session = session
+        self._synchronize = synchronize
+        self._run_options = ort.RunOptions()
+        if not synchronize:
+            self._run_options.add_run_config_entry(DISABLE_SYNC_KEY, "1")
+        self._io = session.io_binding()
+        self._out_shapes: dict[tuple[tuple[int, ...], ...], dict[str, tuple[int, ...]]] = {}
+
+    def _static_out_shapes(self, batch: int) -> dict[str, tuple[int, ...]] | None:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for o in self.outputs:
+            dims = list(o.shape)
+            if dims and dims[0] is None:
+                dims[0] = batch
+            if any(d is None for d in dims):
+                return None
+            shapes[o.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        return shapes
+
+    def _bind_inputs(self, arrays: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
+        cp = self._cp
+        key = []
+        for info in self.inputs:
+            arr = arrays[info.name]
+            if not isinstance(arr, cp.ndarray):
+                raise TypeError(f"input {info.name!r}: expected a CuPy array on the GPU path, got {type(arr).__name__}")
+            if arr.dtype != np.dtype(info.dtype):
+                raise TypeError(f"input {info.name!r}: model wants {info.dtype}, got {arr.dtype}")
+            if not arr.flags.c_contiguous:
+                raise ValueError(f"input {info.name!r} must be C-contiguous")
+            self._io.bind_input(info.name, "cuda", self.device_id, arr.dtype, tuple(arr.shape), arr.data.ptr)
+            key.append(tuple(arr.shape))
+        return tuple(key)
+
+    def run(self, inputs: Mapping[str, Any]) -> CudaPending:
+        """Enqueue the model on ``inputs`` (CuPy arrays); outputs are fresh CuPy arrays."""
+        cp = self._cp
+        with cp.cuda.Device(self.device_id):
+            caller = cp.cuda.get_current_stream()
+            if caller.ptr != self.stream.ptr:
+                # inputs were written on the caller's stream: order the model after them on the GPU
+                self.stream.wait_event(caller.record())
+            key = self._bind_inputs(inputs)
+            shapes = self._out_shapes.get(key)
+            if shapes is None:
+                batch = key[0][0] if key and key[0] else 1
+                shapes = self._static_out_shapes(batch) or self._discover(key)
+                self._out_shapes[key] = shapes
+            outs: dict[str, Any] = {}
+            with self.stream:
+                for o in self.outputs:
+                    arr = cp.empty(shapes[o.name], dtype=np.dtype(o.dtype))
+                    self._io.bind_output(o.name, "cuda", self.device_id, arr.dtype, arr.shape, arr.data.ptr)
+                    outs[o.name] = arr
+            self._session.run_with_iobinding(self._io, self._run_options)
+            event = None if self._synchronize else self.stream.record()
+            return CudaPending(outs, event, inputs)
+
+    def _discover(self, key: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int, ...]]:
+        """One run with ORT-allocated outputs to learn the output shapes of this input shape."""
+        import onnxruntime as ort
+
+        for o in self.outputs:
+            self._io.bind_output(o.name, "cuda", self.device_id)
+        self._session.run_with_iobinding(self._io, ort.RunOptions())
+        shapes = {o.name: tuple(v.shape()) for o, v in zip(self.outputs, self._io.get_outputs(), strict=True)}
+        self._io.clear_binding_outputs()
+        log.debug("output shapes for input shapes %s: %s", key, shapes)
+        return shapes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m models.ort_cuda NAME=PATH:B1,B2 ...``: ORT CUDA latency per batch, JSON lines."""
+    import argparse
+    import json
+
+    from gpu.bench import bench_inference
+    from models.onnxruntime_backend import OnnxRuntimeBackend
+
+    ap = argparse.ArgumentParser(prog="python -m models.ort_cuda")
+    ap.add_argument("models", nargs="+", help="NAME=PATH:BATCH[,BATCH...]")
+    ap.add_argument("--hw", default="640x640", help="HxW for dynamic input sizes")
+    ap.add_argument("--iters", type=int, default=50)
+    args = ap.parse_args(argv)
+    for item in args.models:
+        name, _, rest = item.partition("=")
+        path, _, batches = rest.rpartition(":")
+        backend = OnnxRuntimeBackend(path, device="gpu")
+        try:
+            for b in batches.split(","):
+                h, w = (int(v) for v in args.hw.split("x"))
+                result = bench_inference(backend, int(b), iters=args.iters, hw=(h, w))
+                result["model"] = name
+                print(json.dumps(result), flush=True)
+        finally:
+            backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
