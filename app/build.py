@@ -41,8 +41,14 @@ def make_input_spec(name: str, cfg: InputSpecConfig) -> InputSpec:
     )
 
 
-def make_source(stream: StreamConfig, device: str, on_event: EventCallback, uri: str | None = None) -> FrameSource:
-    """The frame source for a stream: PyAV (CPU), NVDEC (GPU) or synthetic (tests)."""
+def make_source(
+    stream: StreamConfig, device: str, on_event: EventCallback, uri: str | None = None, ring_depth: int = 8
+) -> FrameSource:
+    """The frame source for a stream: PyAV (CPU), NVDEC (GPU) or synthetic (tests).
+
+    ``ring_depth``: GPU frame slots; a slot is reused ``ring_depth`` frames later, so it must
+    exceed how many frames a branch can lag behind decode (see :func:`gpu_ring_depth`).
+    """
     uri = uri or stream.uri
     decoder = stream.decoder
     if uri.startswith("synthetic://"):
@@ -54,7 +60,7 @@ def make_source(stream: StreamConfig, device: str, on_event: EventCallback, uri:
     if decoder == "nvdec":
         from gpu.nvdec_source import NvdecSource
 
-        return NvdecSource(uri, stream_id=stream.id, loop=stream.loop, on_event=on_event)
+        return NvdecSource(uri, stream_id=stream.id, loop=stream.loop, ring_depth=ring_depth)
     if device == "gpu":
         raise ConfigError(
             f"streams: decoder pyav decodes to the host but backend.device is gpu; use decoder: nvdec for {uri}"
@@ -68,6 +74,13 @@ def make_source(stream: StreamConfig, device: str, on_event: EventCallback, uri:
         open_timeout_s=stream.open_timeout_s,
         on_event=on_event,
     )
+
+
+def gpu_ring_depth(cfg: PipelineConfig) -> int:
+    """GPU frame slots so that no branch reads a recycled slot: a branch holds at most
+    ``queue_size`` queued frames plus the one it runs, each ``every_n_frames`` apart."""
+    every = max(b.every_n_frames for b in cfg.branches.values() if b.enabled)
+    return (cfg.fusion.queue_size + 2) * every + 4
 
 
 def branch_role(cfg: PipelineConfig, name: str) -> Role:
@@ -91,6 +104,10 @@ def _make_adapter(cfg: PipelineConfig, model_name: str) -> Any:
         from models.density import DensityAdapter
 
         return DensityAdapter(model)
+    if cfg.backend.device == "gpu":
+        from models.yolo_gpu import GpuYoloAdapter
+
+        return GpuYoloAdapter(model)
     from models.yolo import YoloAdapter
 
     return YoloAdapter(model)

@@ -122,7 +122,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("no display found (DISPLAY is unset): running headless", file=sys.stderr)
         else:
             try:
-                from ui.app import run_gui
+                from app.gui import run_gui
             except ImportError as exc:
                 print(f"the window cannot start ({exc}); running headless", file=sys.stderr)
             else:

@@ -14,12 +14,12 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.build import make_branches, make_counter, make_source
+from app.build import gpu_ring_depth, make_branches, make_counter, make_source
 from config import load_pipeline_config
 from config.errors import AppError, StageError
 from config.schema import PipelineConfig
@@ -81,23 +81,34 @@ class SummarySink:
         self._t0 = time.perf_counter()
         self._last_print = 0.0
 
+    def write_metadata(self, record: Any) -> None:
+        """RAW_STREAM_WITH_METADATA: counts arrive in metadata records, apart from the frames."""
+        with self._lock:
+            c = record.counts
+            self.summary.counts.append((record.frame_index, c.fused, c.detection, c.density))
+            self.summary.timings.append(dict(record.timings))
+
     def write(self, result: FusedResult) -> None:
         with self._lock:
             s = self.summary
             s.frames += 1
             s.partial += int(result.partial)
-            s.timings.append(dict(result.timings))
             c = result.counts
-            s.counts.append((result.frame.frame_index, c.fused, c.detection, c.density))
+            if result.counts_frame_index is not None:
+                s.timings.append(dict(result.timings))
+                s.counts.append((result.frame.frame_index, c.fused, c.detection, c.density))
             now = time.perf_counter()
+            if not s.counts:
+                return
+            _c_frame, fused, det, dens_v = s.counts[-1]
             if self._stream is not None and (now - self._last_print > 0.5 or s.frames == self._total):
                 self._last_print = now
                 fps = s.frames / max(now - self._t0, 1e-9)
                 total = f"/{self._total}" if self._total else ""
-                dens = "-" if c.density is None else f"{c.density:.1f}"
+                dens = "-" if dens_v is None else f"{dens_v:.1f}"
                 self._stream.write(
-                    f"\rframe {result.frame.frame_index + 1}{total}  {fps:5.2f} fps  people {c.fused:6.1f} "
-                    f"(detections {c.detection}, density {dens})  e2e {result.timings.get('end_to_end_ms', 0):8.1f} ms   "
+                    f"\rframe {result.frame.frame_index + 1}{total}  {fps:5.2f} fps  people {fused:6.1f} "
+                    f"(detections {det}, density {dens})  e2e {result.timings.get('end_to_end_ms', 0):8.1f} ms   "
                 )
                 self._stream.flush()
 
@@ -114,11 +125,18 @@ def run_pipeline(
     extra_sinks: tuple[Any, ...] = (),
     run_sequential: bool = False,
     publish_images: bool = False,
+    drive: Callable[[Orchestrator, int], None] | None = None,
 ) -> tuple[int, RunSummary, int]:
-    """Run the configured pipeline to its end. Returns (exit code, summary, run id)."""
+    """Run the configured pipeline to its end. Returns (exit code, summary, run id).
+
+    ``drive(orchestrator, run_id)`` blocks while the run goes on (the GUI's event loop); by
+    default the run goes to the end of the stream (or ``max_frames``).
+    """
     writer = SqliteWriter.from_config(cfg.storage).start()
     try:
-        source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: writer.event(k, m))
+        source = make_source(
+            cfg.streams[0], cfg.backend.device, on_event=lambda k, m: writer.event(k, m), ring_depth=gpu_ring_depth(cfg)
+        )
         opener = getattr(source, "open", None)
         if opener is not None:
             opener()  # a missing or unreadable video fails here, before anything is recorded
@@ -143,7 +161,10 @@ def run_pipeline(
         code = 0
         try:
             with orch:
-                orch.wait()
+                if drive is None:
+                    orch.wait()
+                else:
+                    drive(orch, run_id)
             st = orch.status
             if st.state == "FAILED":
                 status = "failed"
@@ -171,7 +192,7 @@ def _summary_dict(s: RunSummary, status: Any, cfg: PipelineConfig) -> dict[str, 
     fused = [c[1] for c in s.counts]
     return {
         "frames_published": s.frames,
-        "partial_frames": s.partial,
+        "partial_frames": getattr(status, "partial_frames", s.partial),
         "drops": dict(getattr(status, "drops", {}) or {}),
         "waited_on": dict(getattr(status, "waited_on", {}) or {}),
         "mean_people": (sum(fused) / len(fused)) if fused else None,
@@ -188,7 +209,7 @@ def _print_report(s: RunSummary, summary: Mapping[str, Any], cfg: PipelineConfig
         main_stages = summarize(s.timings, warmup=0)
         main_stages = {k: v for k, v in main_stages.items() if "." not in k and not k.startswith("queue_depth")}
     out.write(format_table(main_stages) + "\n")
-    out.write(f"\nframes published: {s.frames}   partial: {s.partial}   drops: {summary['drops'] or 'none'}\n")
+    out.write(f"\nframes published: {s.frames}   partial: {summary['partial_frames']}   drops: {summary['drops'] or 'none'}\n")
     if s.counts:
         last = s.counts[-1]
         dens = [c[3] for c in s.counts if c[3] is not None]
@@ -205,7 +226,7 @@ def _print_report(s: RunSummary, summary: Mapping[str, Any], cfg: PipelineConfig
 def headless_command(args: argparse.Namespace) -> int:
     cfg = load_config_with_overrides(args)
     quiet = getattr(args, "quiet", False)
-    code, summary, run_id = run_pipeline(cfg, progress=None if quiet else sys.stderr)
+    code, _summary, run_id = run_pipeline(cfg, progress=None if quiet else sys.stderr)
     db = cfg.storage.db_path
     print(f"stored: {db} (run {run_id})")
     export = getattr(args, "export", None)

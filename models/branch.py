@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from models.runner import ModelRunner
 from pipeline.errors import ModelLoadError
 from pipeline.protocols import ModelAdapter, Preprocessor
 from pipeline.types import BranchResult, DensityMap, Detections, Frame
-from models.runner import ModelRunner
 
 log = logging.getLogger("people_counter.inference")
 

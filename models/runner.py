@@ -9,7 +9,6 @@ chunks of ``max_batch``). Works on NumPy and CuPy arrays alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.types import BranchResult, Detections, DensityMap, Frame, FusedResult, PreprocessOutput
+from pipeline.types import BranchResult, DensityMap, Detections, Frame, FusedResult, PreprocessOutput
 
 
 @runtime_checkable

@@ -268,12 +268,50 @@ class SqliteWriter:
     # --- producer side (any thread) -------------------------------------------------------------
 
     def write(self, result: FusedResult) -> None:
-        """Queue one published result; waits only when the queue is full (up to ``put_timeout_s``)."""
+        """Queue one published result; waits only when the queue is full (up to ``put_timeout_s``).
+
+        A result without counts (``counts_frame_index is None``: a raw frame of
+        RAW_STREAM_WITH_METADATA, whose counts come in its metadata record) is not a count row.
+        """
+        if result.counts_frame_index is None:
+            return
         with self._producing():
             run_id = self._run_id
             if run_id is None:
                 raise StorageError("SqliteWriter.write: no run is open; call start_run() first")
             row, timings = frame_rows(result, run_id, utc_iso(self._clock()))
+            self._put(_Rows("frames", [row], timings))
+
+    def write_metadata(self, record: Any) -> None:
+        """Queue the count row of a RAW_STREAM_WITH_METADATA metadata record (``pipeline.fusion.MetadataRecord``)."""
+        with self._producing():
+            run_id = self._run_id
+            if run_id is None:
+                raise StorageError("SqliteWriter.write_metadata: no run is open; call start_run() first")
+            counts = record.counts
+            row = {
+                "run_id": run_id,
+                "frame_index": int(record.frame_index),
+                "pts": float(record.pts),
+                "stream_id": record.stream_id,
+                "strategy": "RAW_STREAM_WITH_METADATA",
+                "partial": int(bool(record.partial)),
+                "fused_count": float(counts.fused),
+                "detection_count": int(counts.detection),
+                "density_count": None if counts.density is None else float(counts.density),
+                "policy": counts.policy,
+                "region_source": to_json(counts.region_source),
+                "zones_json": to_json(dict(counts.zones)),
+                "late_branches": to_json(list(record.late_branches)),
+                "overlays_json": to_json(
+                    [{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in record.overlays]
+                ),
+                "published_at": utc_iso(self._clock()),
+            }
+            timings = [
+                {"run_id": run_id, "frame_index": row["frame_index"], "stage": stage, "ms": float(ms)}
+                for stage, ms in record.timings.items()
+            ]
             self._put(_Rows("frames", [row], timings))
 
     def event(self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:

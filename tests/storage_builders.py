@@ -56,6 +56,7 @@ def make_result(
         partial=partial,
         late_branches=late_branches,
         frame_image=np.zeros((48, 64, 3), np.uint8) if with_image else None,
+        counts_frame_index=frame_index,
     )
 
 

@@ -27,13 +27,21 @@ def test_shipped_log_config_validates() -> None:
     assert "inference" in cfg.channels
 
 
+# pipeline.yaml runs the demo on a CPU, where a 4K frame takes seconds: these keys differ from
+# the code's defaults (GPU values) on purpose, and say so in the file's comments.
+CPU_DEMO_OVERRIDES = {("fusion", "strategy"), ("fusion", "strict_sync_timeout_ms"), ("fusion", "stall_timeout_s")}
+
+
 def test_defaults_in_code_agree_with_the_shipped_file() -> None:
     """Keys left out of pipeline.yaml take the code's defaults; keys written there must equal them."""
     data = yaml.safe_load((ROOT / "config/pipeline.yaml").read_text())
     cfg = load_pipeline_config(ROOT / "config/pipeline.yaml")
     for section in ("fusion", "storage", "telemetry"):
         defaults = PipelineConfig.model_fields[section].default_factory().model_dump(mode="json")  # type: ignore[misc]
-        assert data[section] == defaults, section
+        assert set(data[section]) == set(defaults), section
+        for key, value in defaults.items():
+            if (section, key) not in CPU_DEMO_OVERRIDES:
+                assert data[section][key] == value, (section, key)
     assert cfg.counting.model_dump(mode="json") == PipelineConfig.model_fields["counting"].default_factory().model_dump(mode="json")  # type: ignore[misc]
 
 

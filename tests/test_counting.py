@@ -13,7 +13,7 @@ from pipeline.types import DensityMap, Detections
 
 FRAME = (1920, 1080)
 # Default grid 3x6: regions of 320x360 px = 0.1152 Mpx; dense = D >= 3 and D >= 40/Mpx (4.608 people).
-CFG = HybridConfig()
+CFG = HybridConfig(dense_people_per_mpx=40.0)  # the tables below are written for this rate
 
 
 def make_detections(feet_points: Sequence[tuple[float, float]], w: float = 40, h: float = 100) -> Detections:
@@ -79,11 +79,11 @@ def test_hybrid_regions(name: str, feet_pts: list, density: list, fused: float, 
     ("cfg", "people", "dense"),
     [
         # 1x1 region: 50 people over 2.07 Mpx = 24 / Mpx, not dense
-        (HybridConfig(region_rows=1, region_cols=1), 50.0, False),
+        (HybridConfig(region_rows=1, region_cols=1, dense_people_per_mpx=40.0), 50.0, False),
         (HybridConfig(region_rows=1, region_cols=1, dense_people_per_mpx=20.0), 50.0, True),
         # 10x10 regions of 0.0207 Mpx: 2.5 people = 120 / Mpx, but fewer than min_density_people
-        (HybridConfig(region_rows=10, region_cols=10), 2.5, False),
-        (HybridConfig(region_rows=10, region_cols=10, min_density_people=2.0), 2.5, True),
+        (HybridConfig(region_rows=10, region_cols=10, dense_people_per_mpx=40.0), 2.5, False),
+        (HybridConfig(region_rows=10, region_cols=10, min_density_people=2.0, dense_people_per_mpx=40.0), 2.5, True),
     ],
 )
 def test_hybrid_thresholds(cfg: HybridConfig, people: float, dense: bool) -> None:

@@ -51,16 +51,15 @@ def test_loop_restarts_a_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="video not found: .*nope.mp4"):
+    with pytest.raises(SourceError, match=r"video not found: .*nope\.mp4"):
         PyAVSource(str(tmp_path / "nope.mp4")).open()
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
-    with pytest.raises(SourceError, match=str(bad)):
-        with PyAVSource(str(bad)) as src:
-            list(src.frames())
+    with pytest.raises(SourceError, match=str(bad)), PyAVSource(str(bad)) as src:
+        list(src.frames())
 
 
 @needs_vtest

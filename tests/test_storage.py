@@ -474,3 +474,26 @@ def test_summary_with_stage_stats_is_valid_json(tmp_path: Path) -> None:
     assert summary["decode_ms"]["mean"] == 1.5
     assert summary["render_ms"]["n"] == 0 and summary["render_ms"]["p50"] is None
     assert not math.isnan(summary["decode_ms"]["p99"])
+
+
+def test_raw_frames_without_counts_are_not_count_rows_but_their_metadata_is(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """RAW_STREAM_WITH_METADATA publishes frames (no counts) and metadata records (the counts)."""
+    import dataclasses
+    import sqlite3
+
+    from pipeline.fusion import MetadataRecord
+    from storage.writer import SqliteWriter
+    from tests.storage_builders import make_result
+
+    db = tmp_path / "raw.db"
+    with SqliteWriter(db) as writer:
+        writer.start_run({}, {}, "src", "RAW_STREAM_WITH_METADATA")
+        raw = dataclasses.replace(make_result(0, strategy="RAW_STREAM_WITH_METADATA"), counts_frame_index=None)
+        writer.write(raw)
+        full = make_result(0)
+        record = MetadataRecord.from_detections(full.frame, full.detections, counts=full.counts, density=None, timings={"x_ms": 1.0})
+        writer.write_metadata(record)
+        writer.end_run("completed")
+    with sqlite3.connect(db) as con:
+        rows = con.execute("select frame_index, strategy, fused_count from frames").fetchall()
+    assert rows == [(0, "RAW_STREAM_WITH_METADATA", float(full.counts.fused))]
