@@ -413,9 +413,15 @@ class Orchestrator:
                 if not self._put(self._inbox, result):
                     return False
             return True
-        accepted = [b.name for b in due if self._enqueue(b.name, frame)]
         for name, q in self._queues.items():
             timings[f"queue_depth_{name}"] = float(q.qsize())
+        if self._on_full == "wait":
+            # Every due branch will take the frame (the worker waits for room), so fusion gets the
+            # frame first: ASYNC_OVERLAY and RAW publish it at once instead of after that wait.
+            if not self._put(self._inbox, _FrameItem(meta, tuple(b.name for b in due), image, timings)):
+                return False
+            return all(self._enqueue(b.name, frame) for b in due)
+        accepted = [b.name for b in due if self._enqueue(b.name, frame)]
         return self._put(self._inbox, _FrameItem(meta, tuple(accepted), image, timings))
 
     def _enqueue(self, branch: str, frame: Frame) -> bool:

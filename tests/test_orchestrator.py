@@ -345,3 +345,13 @@ def test_leaked_threads_names_a_thread_left_running() -> None:
         release.set()
         t.join()
     assert leaked_threads(before, grace_s=0.5) == []
+
+
+def test_async_overlay_with_backpressure_publishes_each_frame_before_waiting_for_queue_room() -> None:
+    """A file source (on_full="wait") blocks the worker on a full branch queue; the frame it
+    already decoded must still be published at once, not after that wait."""
+    slow = SleepyBranch("slow", 0.05)
+    _, sink = run(ASYNC, [slow], frames=12, fps=None, on_full="wait", queue_size=1)
+    assert [r.frame.frame_index for r in sink.results] == list(range(12))
+    waits = [r.timings["end_to_end_ms"] for r in sink.results[3:]]
+    assert max(waits) < 25.0, waits  # the branch takes 50 ms per frame: a wait would show here
