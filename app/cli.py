@@ -127,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"the window cannot start ({exc}); running headless", file=sys.stderr)
             else:
                 return run_gui(args)
+    if cmd == "run" and not has_display():
+        print("no display (DISPLAY is unset): running headless on the demo", file=sys.stderr)
     from app.headless import headless_command
 
     return headless_command(args)
