@@ -52,34 +52,61 @@ log = logging.getLogger("storage")
 _FIX_HINT = "choose a writable file with --db PATH or storage.db_path in config/pipeline.yaml"
 
 
-def frame_rows(result: FusedResult, run_id: int, published_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``frames`` row and the ``frame_timings`` rows of one published result (plain Python values)."""
-    meta = result.frame
-    counts = result.counts
+def count_rows(
+    run_id: int,
+    *,
+    stream_id: str,
+    frame_index: int,
+    pts: float,
+    strategy: str,
+    partial: bool,
+    counts: Any,
+    late_branches: Any,
+    overlays: Any,
+    timings: Mapping[str, float],
+    published_at: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``frames`` row and the ``frame_timings`` rows of one frame's counts (plain Python values)."""
     row = {
         "run_id": run_id,
-        "frame_index": int(meta.frame_index),
-        "pts": float(meta.pts),
-        "stream_id": meta.stream_id,
-        "strategy": str(result.strategy),
-        "partial": int(bool(result.partial)),
+        "frame_index": int(frame_index),
+        "pts": float(pts),
+        "stream_id": stream_id,
+        "strategy": str(strategy),
+        "partial": int(bool(partial)),
         "fused_count": float(counts.fused),
         "detection_count": int(counts.detection),
         "density_count": None if counts.density is None else float(counts.density),
         "policy": counts.policy,
         "region_source": to_json(counts.region_source),
         "zones_json": to_json(dict(counts.zones)),
-        "late_branches": to_json(list(result.late_branches)),
-        "overlays_json": to_json(
-            [{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in result.overlays]
-        ),
+        "late_branches": to_json(list(late_branches)),
+        "overlays_json": to_json([{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in overlays]),
         "published_at": published_at,
     }
-    timings = [
+    rows = [
         {"run_id": run_id, "frame_index": row["frame_index"], "stage": stage, "ms": float(ms)}
-        for stage, ms in result.timings.items()
+        for stage, ms in timings.items()
     ]
-    return row, timings
+    return row, rows
+
+
+def frame_rows(result: FusedResult, run_id: int, published_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``frames`` row and the ``frame_timings`` rows of one published result."""
+    meta = result.frame
+    return count_rows(
+        run_id,
+        stream_id=meta.stream_id,
+        frame_index=meta.frame_index,
+        pts=meta.pts,
+        strategy=result.strategy,
+        partial=result.partial,
+        counts=result.counts,
+        late_branches=result.late_branches,
+        overlays=result.overlays,
+        timings=result.timings,
+        published_at=published_at,
+    )
 
 
 # --- queue items -------------------------------------------------------------------------------
@@ -288,30 +315,19 @@ class SqliteWriter:
             run_id = self._run_id
             if run_id is None:
                 raise StorageError("SqliteWriter.write_metadata: no run is open; call start_run() first")
-            counts = record.counts
-            row = {
-                "run_id": run_id,
-                "frame_index": int(record.frame_index),
-                "pts": float(record.pts),
-                "stream_id": record.stream_id,
-                "strategy": "RAW_STREAM_WITH_METADATA",
-                "partial": int(bool(record.partial)),
-                "fused_count": float(counts.fused),
-                "detection_count": int(counts.detection),
-                "density_count": None if counts.density is None else float(counts.density),
-                "policy": counts.policy,
-                "region_source": to_json(counts.region_source),
-                "zones_json": to_json(dict(counts.zones)),
-                "late_branches": to_json(list(record.late_branches)),
-                "overlays_json": to_json(
-                    [{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in record.overlays]
-                ),
-                "published_at": utc_iso(self._clock()),
-            }
-            timings = [
-                {"run_id": run_id, "frame_index": row["frame_index"], "stage": stage, "ms": float(ms)}
-                for stage, ms in record.timings.items()
-            ]
+            row, timings = count_rows(
+                run_id,
+                stream_id=record.stream_id,
+                frame_index=record.frame_index,
+                pts=record.pts,
+                strategy="RAW_STREAM_WITH_METADATA",
+                partial=record.partial,
+                counts=record.counts,
+                late_branches=record.late_branches,
+                overlays=record.overlays,
+                timings=record.timings,
+                published_at=utc_iso(self._clock()),
+            )
             self._put(_Rows("frames", [row], timings))
 
     def event(self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
