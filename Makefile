@@ -27,6 +27,7 @@ run: assets
 test: assets
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy app pipeline gpu models storage ui config
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(ARGS)
 
 bench: assets

@@ -101,6 +101,7 @@ def preprocess_numpy(frame: Frame, spec: InputSpec, plan: PreprocessPlan | None 
         cw, ch = plan.content_wh[i]
         x0, x1, wx, in_x = _axis_samples(out_w, px, int(cw), sx, ox, width)
         y0, y1, wy, in_y = _axis_samples(out_h, py, int(ch), sy, oy, height)
+        img: NDArray[np.floating]
         if sx == 1.0 and sy == 1.0 and float(ox).is_integer() and float(oy).is_integer():
             img = rgb[y0][:, x0]  # exact crop: weights are zero
         else:
