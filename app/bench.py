@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.build import make_branches, make_counter, make_input_spec, make_source
+from app.build import gpu_ring_depth, make_branches, make_counter, make_input_spec, make_source
 from app.headless import load_config_with_overrides, versions
 from config.errors import AppError, ConfigError, SourceError, StageError
 from config.schema import PipelineConfig
@@ -194,7 +194,7 @@ def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) ->
     if not branches or runs <= 0:
         return 0.0
     t0 = time.perf_counter()
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None)
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
     with source as src:
         frame = next(iter(src.frames()), None)
         if frame is None:
@@ -233,7 +233,7 @@ def run_preprocess(cfg: PipelineConfig, frames: int, warmup: int) -> RunResult:
     """Decode + preprocess for every enabled spec, one frame after the other."""
     pres = _make_preprocessors(cfg)
     res = RunResult("preprocess", None, "preprocess", warmup=warmup)
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m))
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m), ring_depth=gpu_ring_depth(cfg))
     done: dict[int, float] = {}
     first_gpu_frame: Frame | None = None
     t_start = time.perf_counter()
@@ -288,7 +288,7 @@ def run_pipeline_bench(
     """The whole pipeline on ``frames`` frames with one strategy, branches overlapped or sequential."""
     scenario = "sequential" if sequential else "e2e"
     res = RunResult(scenario, strategy, "sequential" if sequential else "overlapped", warmup=warmup)
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m))
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m), ring_depth=gpu_ring_depth(cfg))
     opener = getattr(source, "open", None)
     if opener is not None:
         opener()
@@ -302,7 +302,8 @@ def run_pipeline_bench(
         sinks=(sink,),
         strategy=strategy,
         run_sequential=sequential,
-        on_full="wait",
+        # a paced (live-like) source drops frames for a busy branch, as a camera would
+        on_full="drop" if cfg.streams[0].realtime else "wait",
         max_frames=frames,
     )
     t_start = time.perf_counter()
@@ -852,7 +853,9 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     matplotlib.use("Agg")  # no display needed; before pyplot is imported anywhere
 
     frames = int(args.frames)
-    cfg = load_config_with_overrides(argparse.Namespace(config=args.config, source=getattr(args, "source", None)))
+    cfg = load_config_with_overrides(
+        argparse.Namespace(config=args.config, source=getattr(args, "source", None), realtime=getattr(args, "realtime", False))
+    )
     warmup = cfg.telemetry.warmup_frames
     if frames <= warmup:
         raise ConfigError(
@@ -868,7 +871,7 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise ConfigError(f"--out {out_dir}: cannot create the folder: {exc}") from None
 
     # fail fast on a bad source, before models load
-    probe = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None)
+    probe = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
     opener = getattr(probe, "open", None)
     if opener is not None:
         opener()

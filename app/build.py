@@ -19,7 +19,7 @@ from pipeline.counting import hybrid_count, merge_detections
 from pipeline.errors import ConfigError, ModelLoadError, SourceError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 from pipeline.protocols import FrameSource, TensorInfo
-from pipeline.sources import EventCallback, PyAVSource
+from pipeline.sources import EventCallback, PacedSource, PyAVSource, is_network_uri
 from pipeline.types import BranchResult, CountResult, DensityMap, Detections, FrameMeta
 
 log = logging.getLogger("people_counter.app")
@@ -53,14 +53,23 @@ def make_source(
     decoder = stream.decoder
     if uri.startswith("synthetic://"):
         decoder = "synthetic"
+    source: FrameSource
     if decoder == "synthetic":
         from pipeline.sources_synthetic import SyntheticSource
 
-        return SyntheticSource.from_uri(uri, stream_id=stream.id)
-    if decoder == "nvdec":
+        source = SyntheticSource.from_uri(uri, stream_id=stream.id)
+    elif decoder == "nvdec":
         from gpu.nvdec_source import NvdecSource
 
-        return NvdecSource(uri, stream_id=stream.id, loop=stream.loop, ring_depth=ring_depth)
+        source = NvdecSource(uri, stream_id=stream.id, loop=stream.loop, ring_depth=ring_depth)
+    else:
+        source = _pyav_source(stream, device, on_event, uri)
+    if stream.realtime and not is_network_uri(uri):
+        return PacedSource(source)
+    return source
+
+
+def _pyav_source(stream: StreamConfig, device: str, on_event: EventCallback, uri: str) -> FrameSource:
     if device == "gpu":
         raise ConfigError(
             f"streams: decoder pyav decodes to the host but backend.device is gpu; use decoder: nvdec for {uri}"
@@ -131,6 +140,8 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Mod
                     "intra_op_threads": be.onnxruntime.intra_op_threads,
                     "device": be.device,
                 }
+                if be.device == "gpu":  # the detector's stream goes first; density fills the gaps
+                    kwargs["stream_priority"] = "low" if model.kind == "density" else "high"
             else:
                 kwargs = {"engine_dir": be.tensorrt.engine_dir, "precision": be.tensorrt.precision,
                           "cuda_graphs": be.tensorrt.cuda_graphs}

@@ -27,6 +27,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", help="override streams[0].uri: a video file or rtsp/http URL")
     p.add_argument("--max-frames", type=int, help="stop after N frames")
     p.add_argument("--fusion", choices=STRATEGIES, help="fusion strategy (default: the config's)")
+    p.add_argument("--realtime", action="store_true", help="deliver a file at its frame rate, like a live camera")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocess: decode + preprocess only; e2e: whole pipeline; sequential: branches one after another")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
     p.add_argument("--compare", help="a baseline report.json: print per-stage ratios")
+    p.add_argument("--realtime", action="store_true",
+                   help="deliver the file at its frame rate, like a live camera (latency as a live stream sees it)")
 
     p = sub.add_parser("export", help="export count history from a database")
     p.add_argument("--db", required=True, help="SQLite database")

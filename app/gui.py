@@ -40,6 +40,7 @@ class GuiController:
 def run_gui(args: argparse.Namespace) -> int:
     from ui.app import run_window
 
+    args.realtime = True  # an operator watches a file at its own speed, as a camera would show it
     cfg = load_config_with_overrides(args)
     sink = LatestResultSink()
 

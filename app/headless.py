@@ -37,6 +37,8 @@ def load_config_with_overrides(args: argparse.Namespace) -> PipelineConfig:
     data = cfg.model_dump(mode="json")
     if getattr(args, "source", None):
         data["streams"][0]["uri"] = args.source
+    if getattr(args, "realtime", False):
+        data["streams"][0]["realtime"] = True
     if getattr(args, "max_frames", None):
         data["max_frames"] = args.max_frames
     if getattr(args, "fusion", None) and isinstance(args.fusion, str):
@@ -154,7 +156,7 @@ def run_pipeline(
             max_frames=cfg.max_frames,
             run_sequential=run_sequential,
             # a file is not live: decode waits for the branches instead of dropping frames
-            on_full="drop" if is_live(cfg.streams[0].uri) else "wait",
+            on_full="drop" if is_live(cfg.streams[0].uri) or cfg.streams[0].realtime else "wait",
             publish_images=publish_images,
         )
         status = "completed"

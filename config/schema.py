@@ -37,6 +37,11 @@ class StreamConfig(_Strict):
         "pyav", description="pyav: CPU decode (files, RTSP, HTTP); nvdec: GPU decode; synthetic: tests."
     )
     loop: bool = Field(False, description="Restart a file source at its end (demos, soak tests).")
+    realtime: bool = Field(
+        False,
+        description="Deliver a file at its frame rate, as a live camera would (latency measurements, the GUI); "
+        "off, a file is read as fast as the pipeline takes it. Network streams are live anyway.",
+    )
     reconnect_attempts: int = Field(
         3, ge=0, description="Reconnects tried for a network stream that drops, before giving up."
     )

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.errors import ModelLoadError
+from models.ort_trt_rtx import EP_NAME as RTX_EP_NAME
+from models.ort_trt_rtx import describe_devices, rtx_devices, session_options_for_rtx
+from pipeline.errors import GpuUnavailableError, ModelLoadError
 from pipeline.protocols import PendingOutputs, TensorInfo
 
 log = logging.getLogger("people_counter.inference")
@@ -55,21 +57,42 @@ def load_session(path: str | Path, providers: list[str], intra_op_threads: int =
         raise ModelLoadError(
             f"model file not found: {path} (run `make run` once to fetch the demo models, or fix models.<name>.path)"
         )
-    available = ort.get_available_providers()
-    missing = [p for p in providers if p not in available]
-    if missing:
-        raise ModelLoadError(
-            f"ONNX Runtime provider(s) {missing} not available in this onnxruntime build (available: {available}); "
-            "install onnxruntime-gpu for CUDAExecutionProvider, or set backend.onnxruntime.providers"
-        )
-    opts = ort.SessionOptions()
+    if RTX_EP_NAME in providers:
+        opts = _rtx_session_options(ort, providers)
+        providers = []  # the options carry the EP; a providers argument would override them
+    else:
+        available = ort.get_available_providers()
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ModelLoadError(
+                f"ONNX Runtime provider(s) {missing} not available in this onnxruntime build (available: {available}); "
+                "install onnxruntime-gpu for CUDAExecutionProvider, or set backend.onnxruntime.providers"
+            )
+        opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers or None)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
         raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from None
+
+
+def _rtx_session_options(ort: Any, providers: list[str]) -> Any:
+    """Options for the TensorRT-RTX plugin EP on the RTX GPUs it finds (CPU stays the fallback)."""
+    others = [p for p in providers if p not in (RTX_EP_NAME, "CPUExecutionProvider")]
+    if others:
+        raise ModelLoadError(
+            f"{RTX_EP_NAME} cannot be combined with {others}; list it alone (CPU is the fallback) "
+            "in backend.onnxruntime.providers"
+        )
+    devices = rtx_devices(ort)
+    if not devices:
+        found = describe_devices(ort.get_ep_devices())
+        raise GpuUnavailableError(
+            f"no RTX GPU found for {RTX_EP_NAME} (found: {found}); use CUDAExecutionProvider or the tensorrt backend"
+        )
+    return session_options_for_rtx(devices)
 
 
 class OnnxRuntimeBackend:
@@ -87,6 +110,7 @@ class OnnxRuntimeBackend:
         intra_op_threads: int = 0,
         device: Literal["cpu", "gpu"] = "cpu",
         device_id: int = 0,
+        stream_priority: Literal["high", "normal", "low"] = "normal",
     ) -> None:
         self.name = f"onnxruntime:{Path(path).name}"
         self.device = device
@@ -98,7 +122,7 @@ class OnnxRuntimeBackend:
         if device == "gpu":
             from models.ort_cuda import CudaBinding
 
-            self._gpu = CudaBinding(self._session, self.inputs, self.outputs, device_id)
+            self._gpu = CudaBinding(self._session, self.inputs, self.outputs, device_id, priority=stream_priority)
         log.info(
             "loaded %s on %s: inputs %s outputs %s",
             path,

@@ -35,13 +35,21 @@ DISABLE_SYNC_KEY = "disable_synchronize_execution_providers"
 
 
 
-def _process_lifetime_stream(cupy: Any) -> Any:
+def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
     """A non-blocking stream that is never destroyed (a non-owning ``ExternalStream``).
 
     ORT keeps the ``user_compute_stream`` handle until the session dies, which may be after any
     Python owner of the stream (at interpreter exit, too); a destroyed stream there is CUDA error
-    709. One stream per binding; bindings are few per process."""
-    handle = cupy.cuda.runtime.streamCreateWithFlags(cupy.cuda.runtime.streamNonBlocking)
+    709. One stream per binding; bindings are few per process.
+
+    ``priority``: "high" for latency-critical branches (YOLO), "low" for background work (the
+    density CNN every n-th frame), so the GPU schedules the detector's blocks first when both
+    wait for SMs. CUDA numbers priorities downwards: the greatest priority is the lowest number.
+    """
+    rt = cupy.cuda.runtime
+    least, greatest = rt.deviceGetStreamPriorityRange()
+    level = {"high": greatest, "low": least}.get(priority, (least + greatest) // 2)
+    handle = rt.streamCreateWithPriority(rt.streamNonBlocking, level)
     return cupy.cuda.ExternalStream(handle)
 
 
@@ -75,6 +83,7 @@ class CudaBinding:
         stream: Any = None,
         synchronize: bool = False,
         provider_options: Mapping[str, str] | None = None,
+        priority: str = "normal",
     ) -> None:
         try:
             import cupy
@@ -94,7 +103,7 @@ class CudaBinding:
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         with cupy.cuda.Device(device_id):
-            self.stream = stream if stream is not None else _process_lifetime_stream(cupy)
+            self.stream = stream if stream is not None else _process_lifetime_stream(cupy, priority)
         if not self.stream.ptr:
             raise ValueError("CudaBinding needs a non-default CUDA stream (ONNX Runtime ignores stream 0)")
         # Re-create the session's providers so the CUDA EP enqueues on our stream.

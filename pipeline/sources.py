@@ -175,3 +175,54 @@ class PyAVSource:
             if not (self.loop and produced):
                 return
             self._container.seek(0)
+
+
+class PacedSource:
+    """Deliver another source's frames no faster than its frame rate, as a live camera would.
+
+    The wait happens before the inner source decodes the next frame, so ``decode_ts`` is the
+    frame's arrival time, the origin of ``end_to_end_ms`` in a live pipeline. A frame that is
+    late (the consumer was slow) is decoded at once; the schedule does not drift. ``fps``:
+    the inner source's own rate when None (read after it is opened), else 30.
+    """
+
+    def __init__(self, inner: Any, fps: float | None = None, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner = inner
+        self._fps = fps
+        self._clock = clock
+        self._sleep = sleep
+
+    def __enter__(self) -> PacedSource:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.inner.__exit__(exc_type, exc, tb)
+
+    def open(self) -> None:
+        opener = getattr(self.inner, "open", None)
+        if opener is not None:
+            opener()
+
+    @property
+    def fps(self) -> float:
+        return self._fps or float(getattr(self.inner, "fps", 0.0) or 30.0)
+
+    def frames(self) -> Iterator[Frame]:
+        frames = iter(self.inner.frames())
+        period = 1.0 / self.fps
+        start: float | None = None
+        n = 0
+        while True:
+            now = self._clock()
+            if start is None:
+                start = now
+            delay = start + n * period - now
+            if delay > 0:
+                self._sleep(delay)
+            frame = next(frames, None)
+            if frame is None:
+                return
+            n += 1
+            yield frame
