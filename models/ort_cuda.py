@@ -47,10 +47,33 @@ def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
     wait for SMs. CUDA numbers priorities downwards: the greatest priority is the lowest number.
     """
     rt = cupy.cuda.runtime
-    least, greatest = rt.deviceGetStreamPriorityRange()
-    level = {"high": greatest, "low": least}.get(priority, (least + greatest) // 2)
-    handle = rt.streamCreateWithPriority(rt.streamNonBlocking, level)
+    handle = _create_priority_stream(rt.streamNonBlocking, priority)
+    if handle is None:
+        handle = rt.streamCreateWithFlags(rt.streamNonBlocking)
     return cupy.cuda.ExternalStream(handle)
+
+
+def _create_priority_stream(flags: int, priority: str) -> int | None:
+    """A stream handle at ``priority`` through cuda-bindings (CuPy's runtime module has no
+    priority calls); None where cuda-bindings is absent or for "normal" priority."""
+    if priority == "normal":
+        return None
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        log.warning("cuda-bindings not installed: CUDA stream priority %r ignored", priority)
+        return None
+    err, least, greatest = cudart.cudaDeviceGetStreamPriorityRange()
+    if int(err) != 0:
+        log.warning("cudaDeviceGetStreamPriorityRange failed (%s): stream priority ignored", err)
+        return None
+    level = greatest if priority == "high" else least
+    err, stream = cudart.cudaStreamCreateWithPriority(flags, level)
+    if int(err) != 0:
+        log.warning("cudaStreamCreateWithPriority failed (%s): stream priority ignored", err)
+        return None
+    log.info("CUDA stream with priority %s (%d; range %d..%d)", priority, level, least, greatest)
+    return int(stream)
 
 
 class CudaPending:
