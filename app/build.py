@@ -6,6 +6,7 @@ preprocessor, adapter) is made here from explicit tables in the config.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,12 +14,12 @@ from typing import Any, Literal
 
 from config.schema import InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
 from models.backends import create_backend
-from models.branch import ModelBranch
+from models.branch import ModelBranch, RollingDensityBranch
 from models.runner import ModelRunner, check_image_input
 from pipeline.counting import hybrid_count, merge_detections
 from pipeline.errors import ConfigError, ModelLoadError, SourceError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
-from pipeline.protocols import FrameSource, TensorInfo
+from pipeline.protocols import Branch, FrameSource, TensorInfo
 from pipeline.sources import EventCallback, PacedSource, PyAVSource, is_network_uri
 from pipeline.types import BranchResult, CountResult, DensityMap, Detections, FrameMeta
 
@@ -122,10 +123,10 @@ def _make_adapter(cfg: PipelineConfig, model_name: str) -> Any:
     return YoloAdapter(model)
 
 
-def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[ModelBranch]:
+def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Branch]:
     """One branch per enabled config branch, each with its own backend instance (its own
     execution context on TensorRT; ONNX Runtime sessions are not shared between threads)."""
-    branches: list[ModelBranch] = []
+    branches: list[Branch] = []
     be = cfg.backend
     try:
         for name, bcfg in cfg.branches.items():
@@ -149,6 +150,19 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Mod
             runner = ModelRunner(backend, name)  # telemetry: inference_model_<branch>_ms
             check_image_input(bcfg.model, runner.input, spec.width, spec.height)
             check_model_outputs(bcfg.model, model, backend.outputs)
+            if bcfg.spread and bcfg.every_n_frames > 1:
+                n = bcfg.every_n_frames
+                branches.append(
+                    RollingDensityBranch(
+                        name,
+                        preprocessors=[_make_preprocessor(dataclasses.replace(spec, phase=(k, n)), be.device) for k in range(n)],
+                        whole_spec=spec,
+                        runner=runner,
+                        stride=model.output_stride,
+                        density_scale=model.density_scale,
+                    )
+                )
+                continue
             branches.append(
                 ModelBranch(
                     name,

@@ -115,6 +115,11 @@ class BranchConfig(_Strict):
     input: str = Field(..., description="Key in `preprocess`.")
     enabled: bool = Field(True, description="Run this branch.")
     every_n_frames: int = Field(1, ge=1, description="Run on every n-th frame (e.g. density every 5th).")
+    spread: bool = Field(
+        False,
+        description="Density grids: run 1/every_n_frames of the tiles on every frame instead of all tiles on every "
+        "n-th frame (same work, no burst that makes every n-th frame late; the map mixes tiles up to n-1 frames old).",
+    )
 
 
 class HybridConfig(_Strict):
@@ -185,6 +190,9 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"branches.{name}.input: unknown preprocess spec {branch.input!r}; known: {sorted(self.preprocess)}"
                 )
+        for name, branch in self.branches.items():
+            if branch.spread and (self.models[branch.model].kind != "density" or self.preprocess[branch.input].kind != "grid"):
+                raise ValueError(f"branches.{name}.spread: only a density model on a grid input can be spread over frames")
         if not any(b.enabled for b in self.branches.values()):
             raise ValueError("branches: every branch is disabled; enable at least one")
         if self.backend.name == "tensorrt" and self.backend.device != "gpu":

@@ -80,3 +80,79 @@ class ModelBranch:
 
     def close(self) -> None:
         self.runner.backend.close()
+
+
+class RollingDensityBranch:
+    """A density branch spread over ``period`` frames: on frame f it runs only the grid tiles
+    ``i`` with ``i % period == f % period`` and returns the whole map stitched from the newest
+    result of every tile.
+
+    The GPU work per ``period`` frames is the same as running all tiles every ``period``-th
+    frame, without the burst that makes every ``period``-th frame late (STRICT_SYNC waits for
+    it). The price: the map mixes tiles up to ``period - 1`` frames old. Until every tile has run
+    once (the first ``period - 1`` frames) the result has no map.
+
+    It keeps the newest map of each tile between calls (the orchestrator calls ``run`` from one
+    thread, in frame order); a new frame size starts the cache afresh.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        preprocessors: list[Preprocessor],
+        whole_spec: Any,
+        runner: ModelRunner,
+        stride: int,
+        density_scale: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.every_n_frames = 1
+        self.period = len(preprocessors)
+        self.preprocessors = preprocessors
+        self.whole_spec = whole_spec
+        self.runner = runner
+        self.stride = stride
+        self.density_scale = density_scale
+        self._size: tuple[int, int] | None = None
+        self._tiles: dict[int, Any] = {}
+
+    def run(self, frame: Frame) -> BranchResult:
+        from models.density import density_output, stitch_grid
+
+        timings: dict[str, float] = {}
+        size = (frame.meta.width, frame.meta.height)
+        try:
+            if size != self._size:
+                self._size, self._tiles = size, {}
+            t0 = time.perf_counter()
+            pre = self.preprocessors[frame.meta.frame_index % self.period].run(frame)
+            t1 = time.perf_counter()
+            timings["preprocess_ms"] = (t1 - t0) * 1e3
+            density = None
+            if pre.plan.count:
+                outputs, infer_t = self.runner.run(pre.tensor)
+                timings.update(infer_t)
+                t2 = time.perf_counter()
+                maps = density_output(outputs, pre.plan, self.stride) * np.float32(self.density_scale)
+                assert pre.plan.indices is not None
+                for i, m in zip(pre.plan.indices.tolist(), maps, strict=True):
+                    self._tiles[i] = m
+            else:
+                t2 = time.perf_counter()
+            whole = self.whole_spec.plan(*size)
+            if len(self._tiles) == whole.count:
+                stacked = np.stack([self._tiles[i] for i in range(whole.count)])
+                density = DensityMap(density=stitch_grid(stacked, whole, self.stride), stride=self.stride)
+            timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            log.exception("branch %s failed on frame %d", self.name, frame.meta.frame_index)
+            return BranchResult(frame=frame.meta, branch=self.name, timings=timings, done_ts=time.perf_counter(),
+                                error=f"{type(exc).__name__}: {exc}")
+        return BranchResult(frame=frame.meta, branch=self.name, density=density, timings=timings,
+                            done_ts=time.perf_counter())
+
+    def close(self) -> None:
+        self.runner.backend.close()

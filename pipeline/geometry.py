@@ -42,11 +42,34 @@ class PreprocessPlan:
     scale: tuple[float, float]
     pad: tuple[int, int]
     grid_shape: tuple[int, int]
-    """(rows, cols) of tiles or grid cells; (1, 1) for a letterbox."""
+    """(rows, cols) of tiles or grid cells of the whole plan; (1, 1) for a letterbox."""
+    indices: NDArray[np.int64] | None = None
+    """For a subset of a tiles/grid plan (:meth:`subset`): the index of each tensor in the whole
+    plan; None for a whole plan."""
 
     @property
     def count(self) -> int:
         return len(self.origins)
+
+    def subset(self, indices: NDArray[np.integer] | list[int]) -> PreprocessPlan:
+        """The plan of some of this plan's tensors (e.g. every 5th density tile); ``indices``
+        record where each sits in the whole plan."""
+        idx = np.asarray(indices, np.int64)
+        if self.indices is not None:
+            raise ValueError("PreprocessPlan.subset: already a subset")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.count):
+            raise ValueError(f"PreprocessPlan.subset: indices out of range 0..{self.count - 1}: {idx.tolist()}")
+        return PreprocessPlan(
+            kind=self.kind,
+            frame_wh=self.frame_wh,
+            out_wh=self.out_wh,
+            origins=self.origins[idx],
+            content_wh=self.content_wh[idx],
+            scale=self.scale,
+            pad=self.pad,
+            grid_shape=self.grid_shape,
+            indices=idx,
+        )
 
     def tensor_to_frame(self, xyxy: NDArray[np.floating], index: int | NDArray[np.integer]) -> NDArray[np.float32]:
         """Map boxes (M, 4) in tensor pixels of tensor(s) ``index`` to frame pixels, clipped to the frame."""

@@ -40,9 +40,16 @@ class InputSpec:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     pad_value: int = 114
+    phase: tuple[int, int] | None = None
+    """(k, n): only the tiles i of the whole plan with i % n == k (a density grid spread over n
+    frames); None for all tiles."""
 
     def plan(self, frame_w: int, frame_h: int) -> PreprocessPlan:
-        return plan_spec(self.kind, frame_w, frame_h, self.width, self.height, self.overlap)
+        whole = plan_spec(self.kind, frame_w, frame_h, self.width, self.height, self.overlap)
+        if self.phase is None:
+            return whole
+        k, n = self.phase
+        return whole.subset(np.arange(k, whole.count, n))
 
     def pad_normalised(self) -> NDArray[np.float32]:
         """(3,) the normalised value of a pad pixel, per channel."""
