@@ -50,9 +50,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.build import gpu_ring_depth, make_branches, make_counter, make_input_spec, make_source
+from app.build import gpu_ring_depth, make_branches, make_counter, make_input_spec, make_source, warm_up_branches
 from app.headless import load_config_with_overrides, versions
-from config.errors import AppError, ConfigError, SourceError, StageError
+from config.errors import AppError, ConfigError, StageError
 from config.schema import PipelineConfig
 from pipeline.orchestrator import MemorySink, Orchestrator
 from pipeline.preprocess import NumpyPreprocessor
@@ -186,23 +186,6 @@ def _with_branch_work(rows: Mapping[int, dict[str, float]], timed: Sequence[_Tim
                 new[k] = new.get(k, 0.0) + v
         out[idx] = new
     return out
-
-
-def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:
-    """Run every branch ``runs`` times on the stream's first frame (first inferences are slow:
-    allocations, kernel selection); returns the seconds spent. Not part of any statistic."""
-    if not branches or runs <= 0:
-        return 0.0
-    t0 = time.perf_counter()
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
-    with source as src:
-        frame = next(iter(src.frames()), None)
-        if frame is None:
-            raise SourceError(f"{cfg.streams[0].uri}: no frame to warm up on")
-        for b in branches:
-            for _ in range(runs):
-                b.run(frame)
-    return time.perf_counter() - t0
 
 
 def _sync_device(tensor: Any) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -242,12 +243,19 @@ def make_counter(cfg: PipelineConfig) -> Counter:
     return Counter(cfg, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
 
 
-def check_source_readable(source: FrameSource) -> None:
-    """Open the source before anything is recorded, so a bad URI fails fast and clearly."""
-    opener = getattr(source, "open", None)
-    if opener is None:
-        return
-    try:
-        opener()
-    except SourceError:
-        raise
+def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:
+    """Run every branch ``runs`` times on the stream's first frame (first inferences are slow:
+    allocations, cuDNN kernel selection: seconds on the GPU, during which a live stream would drop
+    frames); returns the seconds spent. Opens the source once more for that frame."""
+    if not branches or runs <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
+    with source as src:
+        frame = next(iter(src.frames()), None)
+        if frame is None:
+            raise SourceError(f"{cfg.streams[0].uri}: no frame to warm up on")
+        for b in branches:
+            for _ in range(runs):
+                b.run(frame)
+    return time.perf_counter() - t0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.build import gpu_ring_depth, make_branches, make_counter, make_source
+from app.build import gpu_ring_depth, make_branches, make_counter, make_source, warm_up_branches
 from config import load_pipeline_config
 from config.errors import AppError, StageError
 from config.schema import PipelineConfig
@@ -143,6 +143,8 @@ def run_pipeline(
         if opener is not None:
             opener()  # a missing or unreadable video fails here, before anything is recorded
         branches = make_branches(cfg)
+        if cfg.backend.device == "gpu":  # cold kernels take seconds: not on the first frames of a live stream
+            warm_up_branches(cfg, branches, runs=2)
         run_id = writer.start_run(
             cfg.model_dump(mode="json"), versions(), cfg.streams[0].uri, cfg.fusion.strategy.value
         )

@@ -86,5 +86,5 @@ def test_spread_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     data["branches"]["yolo_tiles"]["spread"] = True
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="branches.yolo_tiles.spread"):
+    with pytest.raises(ConfigError, match=r"branches\.yolo_tiles\.spread"):
         load_pipeline_config(path)
