@@ -129,7 +129,10 @@ class NvdecSource:
         kwargs: dict[str, Any] = {
             "gpuid": self.gpu_id,
             "codec": codec,
-            "cudacontext": 0,
+            # The runtime's primary context (CuPy's and ONNX Runtime's): with 0 the decoder makes a
+            # context of its own, and tearing that down at close broke ORT's pinned-memory frees
+            # in later runs (CUDA error 800 in cudaFreeHost, seen on an H200).
+            "cudacontext": int(_import_cupy().cuda.driver.ctxGetCurrent()),
             "cudastream": int(self.stream.ptr),
             "usedevicememory": True,
             "outputColorType": nvc.OutputColorType.NATIVE,
