@@ -363,6 +363,27 @@ def _axis_taps(
     return _AxisTaps(start, lo, hi, q0 - lo[det], q1 - lo[det], (q - q0).astype(np.float32), inside)
 
 
+def mask_taps(
+    rects: NDArray[np.int32],
+    frame_xyxy: NDArray[np.float32],
+    image: NDArray[np.integer[Any]],
+    plan: PreprocessPlan,
+    proto_hw: tuple[int, int],
+) -> tuple[_AxisTaps, _AxisTaps]:
+    """Where each mask pixel samples the protos, per axis (x taps, y taps): mask i covers the
+    integer frame rect ``rects[i]`` at proto resolution. Shared by the NumPy and GPU mask paths."""
+    ph, pw = proto_hw
+    sx, sy = plan.scale
+    ratio_x, ratio_y = plan.out_wh[0] / pw, plan.out_wh[1] / ph
+    r = rects.astype(np.int64)
+    origin = plan.origins[image]
+    mw = np.maximum(1, np.round((r[:, 2] - r[:, 0]) * sx / ratio_x)).astype(np.int64)
+    mh = np.maximum(1, np.round((r[:, 3] - r[:, 1]) * sy / ratio_y)).astype(np.int64)
+    tx = _axis_taps(r[:, 0], r[:, 2], mw, origin[:, 0], frame_xyxy[:, 0], frame_xyxy[:, 2], sx, plan.pad[0], ratio_x, pw)
+    ty = _axis_taps(r[:, 1], r[:, 3], mh, origin[:, 1], frame_xyxy[:, 1], frame_xyxy[:, 3], sy, plan.pad[1], ratio_y, ph)
+    return tx, ty
+
+
 def decode_masks(
     dets: TensorDetections,
     protos: NDArray[np.floating],
@@ -387,14 +408,7 @@ def decode_masks(
     rects = _integer_rects(frame_xyxy, plan.frame_wh)
     if not len(dets):
         return (), rects
-    sx, sy = plan.scale
-    ratio_x, ratio_y = plan.out_wh[0] / pw, plan.out_wh[1] / ph
-    r = rects.astype(np.int64)
-    origin = plan.origins[dets.image]
-    mw = np.maximum(1, np.round((r[:, 2] - r[:, 0]) * sx / ratio_x)).astype(np.int64)
-    mh = np.maximum(1, np.round((r[:, 3] - r[:, 1]) * sy / ratio_y)).astype(np.int64)
-    tx = _axis_taps(r[:, 0], r[:, 2], mw, origin[:, 0], frame_xyxy[:, 0], frame_xyxy[:, 2], sx, plan.pad[0], ratio_x, pw)
-    ty = _axis_taps(r[:, 1], r[:, 3], mh, origin[:, 1], frame_xyxy[:, 1], frame_xyxy[:, 3], sy, plan.pad[1], ratio_y, ph)
+    tx, ty = mask_taps(rects, frame_xyxy, dets.image, plan, (ph, pw))
     masks = []
     for m in range(len(dets)):
         xs = slice(tx.start[m], tx.start[m + 1])

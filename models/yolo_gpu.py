@@ -18,13 +18,13 @@ from config.schema import ModelConfig
 from gpu.postprocess import assemble_masks, compact_e2e, compact_v8
 from models.yolo import (
     NUM_MASK_COEFS,
-    _axis_taps,
     _integer_rects,
     _person_lut,
     check_head_shapes,
     decode_e2e,
     decode_v8,
     detect_head,
+    mask_taps,
     to_frame_detections,
 )
 from pipeline.errors import ModelLoadError
@@ -79,14 +79,7 @@ class GpuYoloAdapter:
         if len(tdets):
             assert tdets.coef is not None
             _, _, ph, pw = protos.shape
-            sx, sy = plan.scale
-            ratio_x, ratio_y = plan.out_wh[0] / pw, plan.out_wh[1] / ph
-            r = rects.astype(np.int64)
-            origin = plan.origins[tdets.image]
-            mw = np.maximum(1, np.round((r[:, 2] - r[:, 0]) * sx / ratio_x)).astype(np.int64)
-            mh = np.maximum(1, np.round((r[:, 3] - r[:, 1]) * sy / ratio_y)).astype(np.int64)
-            tx = _axis_taps(r[:, 0], r[:, 2], mw, origin[:, 0], xyxy[:, 0], xyxy[:, 2], sx, plan.pad[0], ratio_x, pw)
-            ty = _axis_taps(r[:, 1], r[:, 3], mh, origin[:, 1], xyxy[:, 1], xyxy[:, 3], sy, plan.pad[1], ratio_y, ph)
+            tx, ty = mask_taps(rects, xyxy, tdets.image, plan, (ph, pw))
             masks = assemble_masks(protos, tdets.image, tdets.coef, ty, tx)
         return Detections(
             xyxy=xyxy, score=dets.score, class_id=dets.class_id, source=dets.source, masks=masks, mask_xyxy=rects
