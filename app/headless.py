@@ -127,11 +127,11 @@ def run_pipeline(
     extra_sinks: tuple[Any, ...] = (),
     run_sequential: bool = False,
     publish_images: bool = False,
-    drive: Callable[[Orchestrator, int], None] | None = None,
+    drive: Callable[[Orchestrator, int, SqliteWriter], None] | None = None,
 ) -> tuple[int, RunSummary, int]:
     """Run the configured pipeline to its end. Returns (exit code, summary, run id).
 
-    ``drive(orchestrator, run_id)`` blocks while the run goes on (the GUI's event loop); by
+    ``drive(orchestrator, run_id, writer)`` blocks while the run goes on (the GUI's event loop); by
     default the run goes to the end of the stream (or ``max_frames``).
     """
     writer = SqliteWriter.from_config(cfg.storage).start()
@@ -168,7 +168,7 @@ def run_pipeline(
                 if drive is None:
                     orch.wait()
                 else:
-                    drive(orch, run_id)
+                    drive(orch, run_id, writer)
             st = orch.status
             if st.state == "FAILED":
                 status = "failed"
