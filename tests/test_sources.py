@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -82,3 +83,46 @@ def test_unreachable_url_fails_after_reconnects() -> None:
                      open_timeout_s=2.0, on_event=lambda k, m: events.append((k, m)))
     with pytest.raises(SourceError, match=f"127.0.0.1:{port}"):
         src.open()
+
+
+@needs_vtest
+def test_dropped_http_stream_reconnects_and_goes_on() -> None:
+    """A real HTTP server on loopback cuts the first connection a quarter of the way in."""
+    import http.server
+    import socketserver
+    import threading
+
+    data = VTEST.read_bytes()
+    requests: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(1)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            body = data if len(requests) > 1 else data[: len(data) // 4]
+            with contextlib.suppress(OSError):
+                self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        events: list[tuple[str, str]] = []
+        uri = f"http://127.0.0.1:{server.server_address[1]}/vtest.avi"
+        with PyAVSource(uri, reconnect_attempts=2, reconnect_backoff_s=0.0, on_event=lambda k, m: events.append((k, m))) as src:
+            indices = [f.meta.frame_index for f in src.frames()]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert [k for k, _ in events] == ["reconnect"]
+    assert uri in events[0][1]
+    assert len(requests) == 2
+    assert indices == list(range(len(indices)))  # frame indices go on across the reconnect
+    assert len(indices) > 795  # the frames before the drop, then the whole file again
