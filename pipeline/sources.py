@@ -26,8 +26,16 @@ EventCallback = Callable[[str, str], None]
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "srt://")
+"""Streams that do not end: their end is a drop, reconnected like an error (HTTP may be a file)."""
+
+
 def is_network_uri(uri: str) -> bool:
     return uri.lower().startswith(NETWORK_SCHEMES)
+
+
+def is_live_uri(uri: str) -> bool:
+    return uri.lower().startswith(LIVE_SCHEMES)
 
 
 def _ignore_event(kind: str, message: str) -> None:
@@ -165,6 +173,18 @@ class PyAVSource:
                         f"{self.uri}: stream lost after {self.reconnect_attempts} reconnect attempts: {exc}"
                     ) from None
                 msg = f"{self.uri}: stream dropped ({exc}); reconnect {failures}/{self.reconnect_attempts}"
+                log.warning(msg)
+                self.on_event("reconnect", msg)
+                self.close()
+                self._sleep(self.reconnect_backoff_s)
+                continue
+            if is_live_uri(self.uri):  # a camera does not end: its end is a drop
+                failures += 1
+                if failures > self.reconnect_attempts:
+                    raise SourceError(
+                        f"{self.uri}: stream ended and did not come back after {self.reconnect_attempts} reconnect attempts"
+                    )
+                msg = f"{self.uri}: stream ended; reconnect {failures}/{self.reconnect_attempts}"
                 log.warning(msg)
                 self.on_event("reconnect", msg)
                 self.close()

@@ -126,3 +126,55 @@ def test_dropped_http_stream_reconnects_and_goes_on() -> None:
     assert len(requests) == 2
     assert indices == list(range(len(indices)))  # frame indices go on across the reconnect
     assert len(indices) > 795  # the frames before the drop, then the whole file again
+
+
+@needs_vtest
+def test_live_stream_that_ends_is_a_drop_reconnected_then_given_up(tmp_path: Path) -> None:
+    """A camera does not end: a tcp:// MPEG-TS stream (real socket on loopback) that closes is
+    reconnected; when it no longer answers, a clear SourceError ends the run."""
+    import io
+    import threading
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(str(VTEST)) as inp, av.open(buf, "w", format="mpegts") as out:
+        st = out.add_stream("mpeg2video", rate=10)
+        st.width, st.height, st.pix_fmt = 768, 576, "yuv420p"
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == 40:
+                break
+            for pkt in st.encode(frame.reformat(format="yuv420p")):
+                out.mux(pkt)
+        for pkt in st.encode():
+            out.mux(pkt)
+    data = buf.getvalue()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    served: list[int] = []
+
+    def serve() -> None:
+        for k in range(2):  # the first connection drops half-way, the second sends it all, then nothing answers
+            conn, _ = server.accept()
+            served.append(k)
+            with contextlib.suppress(OSError):
+                conn.sendall(data if k else data[: len(data) // 2])
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    events: list[str] = []
+    frames = 0
+    uri = f"tcp://127.0.0.1:{port}"
+    src = PyAVSource(uri, reconnect_attempts=1, reconnect_backoff_s=0.0, open_timeout_s=2.0,
+                     on_event=lambda k, m: events.append(k))
+    with pytest.raises(SourceError, match=r"gave up after 1 reconnect"), src:
+        for _ in src.frames():
+            frames += 1
+    thread.join(5)
+    assert served == [0, 1]
+    assert events == ["reconnect", "reconnect"]
+    assert frames > 40  # frames of both connections were delivered before the end
