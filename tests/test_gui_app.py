@@ -4,6 +4,7 @@ the window's own behaviour is tested in test_ui.py."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,6 @@ def test_window_runs_the_pipeline_switches_strategy_and_exports(tmp_path: Path, 
     assert seen["rows"] == 6  # every frame's count row, none lost in the writer's queue
     lines = (tmp_path / "counts.csv").read_text().splitlines()
     assert len(lines) == 7 and "RAW_STREAM_WITH_METADATA" in lines[-1]
+    with sqlite3.connect(tmp_path / "gui.db") as con:  # the operator's switch is in the event log
+        kinds = [k for (k,) in con.execute("select kind from events")]
+    assert "strategy_switch" in kinds
