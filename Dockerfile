@@ -4,7 +4,8 @@
 #   docker build -t people-counter .
 #   # headless (default): counts into SQLite under /data; engines built on first start into a volume
 #   docker run --rm --gpus all -v pc-engines:/app/.cache/engines -v "$PWD/data:/data" \
-#       -v /path/to/videos:/videos people-counter headless --config /app/config/tensorrt.yaml
+#       -v /path/to/models:/app/.cache/models -v /path/to/videos:/videos people-counter \
+#       headless --config /app/config/tensorrt.yaml --source /videos/cam.mp4 --db /data/people.db
 #   # operator window through X11 forwarding (run `xhost +local:` on the host first)
 #   docker run --rm --gpus all -e DISPLAY -v /tmp/.X11-unix:/tmp/.X11-unix \
 #       -v pc-engines:/app/.cache/engines people-counter gui --config /app/config/tensorrt.yaml
@@ -36,10 +37,13 @@ COPY main.py ./
 # The app with its GUI extra, plus the GPU stack (CuPy for CUDA 13, NVDEC, ONNX Runtime CUDA as
 # the explicit second backend). TensorRT's Python package comes with the base image.
 RUN python3 -m pip install ".[gui]" "cupy-cuda13x>=14" "PyNvVideoCodec>=2.0" "onnxruntime-gpu>=1.20"
+# The demo models and 4K clip (PyPI and the distribution's opencv-doc, at build time only). The
+# users' own ONNX models are mounted where config/tensorrt.yaml points (/app/.cache/models).
+RUN python3 main.py fetch-assets
 
 # Engines are built at first start (python main.py build-engines keeps engines whose sidecar
 # matches the TensorRT version, GPU and ONNX, so later starts skip the build).
 VOLUME ["/app/.cache/engines", "/data"]
 ENV PC_CONFIG=/app/config/tensorrt.yaml
 ENTRYPOINT ["/bin/sh", "-c", "python3 main.py build-engines --config \"${PC_CONFIG}\" && exec python3 main.py \"$@\"", "--"]
-CMD ["headless", "--config", "/app/config/tensorrt.yaml"]
+CMD ["headless", "--config", "/app/config/tensorrt.yaml", "--db", "/data/people.db"]
