@@ -199,16 +199,15 @@ def _sync_device(tensor: Any) -> None:
 def _make_preprocessors(cfg: PipelineConfig) -> dict[str, Any]:
     """One preprocessor per input spec used by an enabled branch (no model is loaded)."""
     out: dict[str, Any] = {}
-    for bcfg in cfg.branches.values():
-        if not bcfg.enabled or bcfg.input in out:
-            continue
-        spec = make_input_spec(bcfg.input, cfg.preprocess[bcfg.input])
+    names = dict.fromkeys(i for b in cfg.branches.values() if b.enabled for i in b.inputs)
+    for name in names:
+        spec = make_input_spec(name, cfg.preprocess[name])
         if cfg.backend.device == "gpu":
             from gpu.preprocess import GpuPreprocessor
 
-            out[bcfg.input] = GpuPreprocessor(spec)
+            out[name] = GpuPreprocessor(spec)
         else:
-            out[bcfg.input] = NumpyPreprocessor(spec)
+            out[name] = NumpyPreprocessor(spec)
     return out
 
 
@@ -256,10 +255,8 @@ def _gpu_micro_preprocess(cfg: PipelineConfig, frame: Frame) -> dict[str, Any] |
     try:
         from gpu import bench as gbench
 
-        specs = [
-            make_input_spec(b.input, cfg.preprocess[b.input])
-            for b in {b.input: b for b in cfg.branches.values() if b.enabled}.values()
-        ]
+        names = dict.fromkeys(i for b in cfg.branches.values() if b.enabled for i in b.inputs)
+        specs = [make_input_spec(n, cfg.preprocess[n]) for n in names]
         return dict(gbench.bench_preprocess(frame, specs, iters=50))
     except Exception as exc:  # optional: report why it is missing, never fail the bench for it
         return {"error": f"{type(exc).__name__}: {exc}"}

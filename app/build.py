@@ -15,18 +15,27 @@ from typing import Any, Literal
 
 from config.schema import InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
 from models.backends import create_backend
-from models.branch import ModelBranch, RollingDensityBranch
+from models.branch import ModelBranch, OneCallYoloBranch, RollingDensityBranch
 from models.runner import ModelRunner, check_image_input
 from pipeline.counting import hybrid_count, merge_detections
 from pipeline.errors import ConfigError, ModelLoadError, SourceError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 from pipeline.protocols import Branch, FrameSource, TensorInfo
 from pipeline.sources import EventCallback, PacedSource, PyAVSource, is_network_uri
-from pipeline.types import BranchResult, CountResult, DensityMap, Detections, FrameMeta
+from pipeline.types import (
+    GLOBAL_SOURCE,
+    BranchResult,
+    CountResult,
+    DensityMap,
+    Detections,
+    Frame,
+    FrameMeta,
+    PreprocessOutput,
+)
 
 log = logging.getLogger("people_counter.app")
 
-Role = Literal["global", "tiles", "density"]
+Role = Literal["global", "tiles", "global+tiles", "density"]
 
 
 def make_input_spec(name: str, cfg: InputSpecConfig) -> InputSpec:
@@ -98,7 +107,9 @@ def branch_role(cfg: PipelineConfig, name: str) -> Role:
     b = cfg.branches[name]
     if cfg.models[b.model].kind == "density":
         return "density"
-    return "global" if cfg.preprocess[b.input].kind == "letterbox" else "tiles"
+    if len(b.inputs) > 1:
+        return "global+tiles"
+    return "global" if cfg.preprocess[b.inputs[0]].kind == "letterbox" else "tiles"
 
 
 def _make_preprocessor(spec: InputSpec, device: str) -> Any:
@@ -107,6 +118,17 @@ def _make_preprocessor(spec: InputSpec, device: str) -> Any:
 
         return GpuPreprocessor(spec)
     return NumpyPreprocessor(spec)
+
+
+def _make_multi_preprocessor(specs: list[InputSpec], device: str) -> Callable[[Frame], list[PreprocessOutput]]:
+    """Several specs of one frame, in order: one fused launch on the GPU."""
+    if device == "gpu":
+        from gpu.preprocess import GpuMultiPreprocessor
+
+        multi = GpuMultiPreprocessor(specs)
+        return lambda frame: list(multi.run_all(frame).values())
+    each = [NumpyPreprocessor(s) for s in specs]
+    return lambda frame: [p.run(frame) for p in each]
 
 
 def _make_adapter(cfg: PipelineConfig, model_name: str) -> Any:
@@ -133,7 +155,8 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Bra
         for name, bcfg in cfg.branches.items():
             if not bcfg.enabled or (only is not None and name not in only):
                 continue
-            spec = make_input_spec(bcfg.input, cfg.preprocess[bcfg.input])
+            specs = [make_input_spec(i, cfg.preprocess[i]) for i in bcfg.inputs]
+            spec = specs[0]
             model = cfg.models[bcfg.model]
             kwargs: dict[str, Any]
             if be.name == "onnxruntime":
@@ -161,6 +184,17 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Bra
                         runner=runner,
                         stride=model.output_stride,
                         density_scale=model.density_scale,
+                    )
+                )
+                continue
+            if len(specs) > 1:
+                branches.append(
+                    OneCallYoloBranch(
+                        name,
+                        prepare=_make_multi_preprocessor(specs, be.device),
+                        runner=runner,
+                        adapter=_make_adapter(cfg, bcfg.model),
+                        every_n_frames=bcfg.every_n_frames,
                     )
                 )
                 continue
@@ -224,6 +258,12 @@ class Counter:
             elif res.detections is not None:
                 if role == "global":
                     global_parts.append(res.detections)
+                elif role == "global+tiles":  # one call's result: split by where each came from
+                    is_global = res.detections.source == GLOBAL_SOURCE
+                    global_parts.append(res.detections[is_global])
+                    tile_parts.append(res.detections[~is_global])
+                    if res.tile_rects is not None:
+                        rects.append(res.tile_rects)
                 else:
                     tile_parts.append(res.detections)
                     if res.tile_rects is not None:

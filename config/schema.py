@@ -112,9 +112,18 @@ class InputSpecConfig(_Strict):
 
 class BranchConfig(_Strict):
     model: str = Field(..., description="Key in `models`.")
-    input: str = Field(..., description="Key in `preprocess`.")
+    input: str | list[str] = Field(
+        ...,
+        description="Key in `preprocess`, or a list of keys run through the model in ONE call (e.g. "
+        "[yolo_global, yolo_tiles]: the frame and its 32 tiles as one batch of 33).",
+    )
     enabled: bool = Field(True, description="Run this branch.")
     every_n_frames: int = Field(1, ge=1, description="Run on every n-th frame (e.g. density every 5th).")
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The preprocess specs of this branch, in batch order."""
+        return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
     spread: bool = Field(
         False,
         description="Density grids: run 1/every_n_frames of the tiles on every frame instead of all tiles on every "
@@ -186,12 +195,27 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"branches.{name}.model: unknown model {branch.model!r}; known: {sorted(self.models)}"
                 )
-            if branch.input not in self.preprocess:
-                raise ValueError(
-                    f"branches.{name}.input: unknown preprocess spec {branch.input!r}; known: {sorted(self.preprocess)}"
-                )
+            for spec in branch.inputs:
+                if spec not in self.preprocess:
+                    raise ValueError(
+                        f"branches.{name}.input: unknown preprocess spec {spec!r}; known: {sorted(self.preprocess)}"
+                    )
+            if not branch.inputs or len(set(branch.inputs)) != len(branch.inputs):
+                raise ValueError(f"branches.{name}.input: give one spec or a list of distinct specs")
+            if len(branch.inputs) > 1:
+                kinds = [self.preprocess[i].kind for i in branch.inputs]
+                if self.models[branch.model].kind != "yolo" or sorted(kinds) != ["letterbox", "tiles"]:
+                    raise ValueError(
+                        f"branches.{name}.input: one call over several specs is for a YOLO model on one letterbox "
+                        f"and one tiles spec; got {dict(zip(branch.inputs, kinds, strict=True))}"
+                    )
+                sizes = {(self.preprocess[i].width, self.preprocess[i].height, self.preprocess[i].dtype) for i in branch.inputs}
+                if len(sizes) != 1:
+                    raise ValueError(f"branches.{name}.input: specs in one call need the same width, height and dtype")
         for name, branch in self.branches.items():
-            if branch.spread and (self.models[branch.model].kind != "density" or self.preprocess[branch.input].kind != "grid"):
+            if branch.spread and (
+                self.models[branch.model].kind != "density" or [self.preprocess[i].kind for i in branch.inputs] != ["grid"]
+            ):
                 raise ValueError(f"branches.{name}.spread: only a density model on a grid input can be spread over frames")
         if not any(b.enabled for b in self.branches.values()):
             raise ValueError("branches: every branch is disabled; enable at least one")
