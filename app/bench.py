@@ -607,7 +607,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "(left out of every statistic and frame rate).</p>"
     )
     w(_table(["branch", "model", "input spec", "runs on"],
-             [[html.escape(n), html.escape(b["model"]), html.escape(b["input"]),
+             [[html.escape(n), html.escape(b["model"]), html.escape(" + ".join([b["input"]] if isinstance(b["input"], str) else b["input"])),
                "every frame" if b["every_n_frames"] == 1 else f"every {b['every_n_frames']}th frame"]
               for n, b in report["branches"].items()]))
 

@@ -70,3 +70,26 @@ def test_one_call_gives_the_same_people_as_two_branches(tmp_path: Path) -> None:
 def test_bad_one_call_inputs_are_config_errors(tmp_path: Path, branch: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config(tmp_path, yolo=branch)
+
+
+@pytest.mark.skipif(not (VTEST.exists() and DETECTOR.exists()), reason="demo assets not fetched")
+def test_bench_reports_a_one_call_branch(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config(tmp_path, yolo={"model": "person", "input": ["yolo_global", "yolo_tiles"]})
+    data = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    data["telemetry"]["warmup_frames"] = 1
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "main.py", "bench", "--config", str(tmp_path / "p.yaml"), "--source", str(VTEST),
+         "--frames", "3", "--scenario", "e2e", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"].values()
+    assert "inference_model_yolo_ms" in run["stages"]
+    assert "yolo_global + yolo_tiles" in (out / "report.html").read_text()
