@@ -205,7 +205,6 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Bra
                     runner=runner,
                     adapter=_make_adapter(cfg, bcfg.model),
                     every_n_frames=bcfg.every_n_frames,
-                    spec_kind=spec.kind,
                 )
             )
     except BaseException:

@@ -21,6 +21,16 @@ from pipeline.types import BranchResult, DensityMap, Detections, Frame, Preproce
 log = logging.getLogger("people_counter.inference")
 
 
+def failed_result(branch: str, frame: Frame, timings: dict[str, float], exc: Exception) -> BranchResult:
+    """The result of a branch that failed on one frame: logged with its traceback, and carried to
+    fusion as ``error`` (the frame is still published; the next frame is tried again)."""
+    log.exception("branch %s failed on frame %d", branch, frame.meta.frame_index)
+    return BranchResult(
+        frame=frame.meta, branch=branch, timings=timings, done_ts=time.perf_counter(),
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
 class ModelBranch:
     """``run(frame) -> BranchResult``. Errors of one frame become ``BranchResult.error``;
     a ``ModelLoadError`` (wrong model outputs) is raised: it will not get better next frame."""
@@ -33,14 +43,12 @@ class ModelBranch:
         runner: ModelRunner,
         adapter: ModelAdapter,
         every_n_frames: int = 1,
-        spec_kind: str = "letterbox",
     ) -> None:
         self.name = name
         self.preprocessor = preprocessor
         self.runner = runner
         self.adapter = adapter
         self.every_n_frames = every_n_frames
-        self.spec_kind = spec_kind
 
     def run(self, frame: Frame) -> BranchResult:
         timings: dict[str, float] = {}
@@ -58,14 +66,7 @@ class ModelBranch:
         except ModelLoadError:
             raise
         except Exception as exc:
-            log.exception("branch %s failed on frame %d", self.name, frame.meta.frame_index)
-            return BranchResult(
-                frame=frame.meta,
-                branch=self.name,
-                timings=timings,
-                done_ts=time.perf_counter(),
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            return failed_result(self.name, frame, timings, exc)
         tile_rects = None
         if pre.plan.kind != "letterbox":
             tile_rects = pre.plan.content_rects().astype(np.float32)
@@ -158,9 +159,7 @@ class RollingDensityBranch:
         except ModelLoadError:
             raise
         except Exception as exc:
-            log.exception("branch %s failed on frame %d", self.name, frame.meta.frame_index)
-            return BranchResult(frame=frame.meta, branch=self.name, timings=timings, done_ts=time.perf_counter(),
-                                error=f"{type(exc).__name__}: {exc}")
+            return failed_result(self.name, frame, timings, exc)
         return BranchResult(frame=frame.meta, branch=self.name, density=density, timings=timings,
                             done_ts=time.perf_counter())
 
@@ -221,9 +220,7 @@ class OneCallYoloBranch:
         except ModelLoadError:
             raise
         except Exception as exc:
-            log.exception("branch %s failed on frame %d", self.name, frame.meta.frame_index)
-            return BranchResult(frame=frame.meta, branch=self.name, timings=timings, done_ts=time.perf_counter(),
-                                error=f"{type(exc).__name__}: {exc}")
+            return failed_result(self.name, frame, timings, exc)
         return BranchResult(
             frame=frame.meta,
             branch=self.name,
