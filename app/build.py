@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from config.errors import ConfigError, ModelLoadError, SourceError
 from config.schema import InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
 from models.backends import create_backend
 from models.branch import ModelBranch, OneCallYoloBranch, RollingDensityBranch
 from models.runner import ModelRunner, check_image_input
 from pipeline.counting import hybrid_count, merge_detections
-from pipeline.errors import ConfigError, ModelLoadError, SourceError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 from pipeline.protocols import Branch, FrameSource, TensorInfo
 from pipeline.sources import EventCallback, PacedSource, PyAVSource, is_network_uri

@@ -1,10 +1,10 @@
 """The project's error hierarchy.
 
 It lives in ``config`` because ``config`` is the lowest layer (it imports nothing of ours), so every
-other package can raise and catch these. ``pipeline.errors`` re-exports them.
+other package can raise and catch these. It is the project's one error module.
 
 Each error carries a message written for the operator: what is wrong and how to fix it. Headless
-mode maps the class to an exit code (``EXIT_CODES``).
+mode maps the class to an exit code (its ``exit_code``).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from config.errors import GpuUnavailableError, SourceError
 from gpu.ring import FrameRing
-from pipeline.errors import GpuUnavailableError, SourceError
 from pipeline.types import Frame, FrameMeta
 
 log = logging.getLogger("people_counter.decode")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from config.errors import GpuUnavailableError
 from gpu import kernels
-from pipeline.errors import GpuUnavailableError
 from pipeline.geometry import PreprocessPlan
 from pipeline.preprocess import InputSpec
 from pipeline.types import Frame, PreprocessOutput

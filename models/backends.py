@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pipeline.errors import ConfigError, GpuUnavailableError
+from config.errors import ConfigError, GpuUnavailableError
 from pipeline.protocols import InferenceBackend
 
 BACKENDS: dict[str, str] = {

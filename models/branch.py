@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from config.errors import ModelLoadError
 from models.runner import ModelRunner, array_module
-from pipeline.errors import ModelLoadError
 from pipeline.protocols import ModelAdapter, Preprocessor
 from pipeline.types import BranchResult, DensityMap, Detections, Frame, PreprocessOutput
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, ModelLoadError
+from config.errors import ConfigError, ModelLoadError
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 
 log = logging.getLogger("people_counter.inference")

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from config.errors import GpuUnavailableError, ModelLoadError
 from models.ort_trt_rtx import EP_NAME as RTX_EP_NAME
 from models.ort_trt_rtx import describe_devices, rtx_devices, session_options_for_rtx
-from pipeline.errors import GpuUnavailableError, ModelLoadError
 from pipeline.protocols import PendingOutputs, TensorInfo
 
 log = logging.getLogger("people_counter.inference")

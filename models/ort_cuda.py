@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import GpuUnavailableError, ModelLoadError
+from config.errors import GpuUnavailableError, ModelLoadError
 from pipeline.protocols import TensorInfo
 
 log = logging.getLogger("people_counter.inference")

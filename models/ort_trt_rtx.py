@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.errors import GpuUnavailableError
+from config.errors import GpuUnavailableError
 
 EP_NAME = "NvTensorRTRTXExecutionProvider"
 PIP_PACKAGE = "onnxruntime-ep-nv-tensorrt-rtx-cu13"

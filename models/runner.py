@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ModelLoadError
+from config.errors import ModelLoadError
 from pipeline.protocols import InferenceBackend, TensorInfo
 
 

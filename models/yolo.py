@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from config.errors import ModelLoadError
 from config.schema import ModelConfig
-from pipeline.errors import ModelLoadError
 from pipeline.geometry import PreprocessPlan
 from pipeline.types import GLOBAL_SOURCE, Detections, PreprocessOutput
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from config.errors import ModelLoadError
 from config.schema import ModelConfig
 from gpu.postprocess import assemble_masks, compact_e2e, compact_v8
 from models.yolo import (
@@ -27,7 +28,6 @@ from models.yolo import (
     mask_taps,
     to_frame_detections,
 )
-from pipeline.errors import ModelLoadError
 from pipeline.types import Detections, PreprocessOutput
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pipeline.errors import SourceError
+from config.errors import SourceError
 from pipeline.types import Frame, FrameMeta
 
 log = logging.getLogger("people_counter.decode")

@@ -14,7 +14,7 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import SourceError
+from config.errors import SourceError
 from pipeline.types import Frame, FrameMeta
 
 _URI = re.compile(r"^synthetic://(\d+)x(\d+)(?:\?(.*))?$")

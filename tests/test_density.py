@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from config.errors import ModelLoadError
 from config.schema import ModelConfig
 from models.density import DensityAdapter
-from pipeline.errors import ModelLoadError
 from pipeline.geometry import PreprocessPlan, plan_grid, plan_letterbox, plan_tiles
 from pipeline.types import PreprocessOutput
 

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from config.errors import GpuUnavailableError, ModelLoadError
 from models.onnxruntime_backend import load_session
 from models.ort_trt_rtx import (
     EP_NAME,
@@ -26,7 +27,6 @@ from models.ort_trt_rtx import (
     rtx_devices,
     session_options_for_rtx,
 )
-from pipeline.errors import GpuUnavailableError, ModelLoadError
 
 HAS_PACKAGE = find_rtx_ep_library() is not None
 needs_package = pytest.mark.skipif(not HAS_PACKAGE, reason=f"{PIP_PACKAGE} is not installed (optional extra `rtx`)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import SourceError
+from config.errors import SourceError
 from pipeline.sources import PyAVSource
 
 VTEST = Path(".cache/assets/video/vtest.avi")

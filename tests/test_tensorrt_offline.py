@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline.errors import GpuUnavailableError
+from config.errors import GpuUnavailableError
 
 
 def tiny_onnx(path: Path, batch: int | str = "batch", h: int = 640, w: int = 640) -> Path:

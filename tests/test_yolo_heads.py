@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from app.assets import demo_asset_paths
+from config.errors import ModelLoadError
 from config.schema import ModelConfig
 from models.yolo import YoloAdapter, decode_e2e, decode_v8, detect_head, nms
-from pipeline.errors import ModelLoadError
 from pipeline.geometry import PreprocessPlan, plan_letterbox, plan_tiles
 from pipeline.types import GLOBAL_SOURCE, PreprocessOutput
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.errors import SourceError
+from config.errors import SourceError
 from tests.gpu.conftest import asset
 
 CLIP = (".devcarry/v/demo_4k_hevc.mp4", ".cache/assets/video/demo_4k_hevc.mp4")
