@@ -9,7 +9,6 @@ flushed to the database before exit.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import threading
@@ -255,7 +254,3 @@ def build_engines_command(args: argparse.Namespace) -> int:
 
     cfg = load_pipeline_config(args.config)
     return int(main_build_engines(cfg, precision=args.precision or cfg.backend.tensorrt.precision) or 0)
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
