@@ -1,16 +1,13 @@
-"""The ``no_thread_leak`` fixture: fails a test that leaves a thread running.
+"""The helper behind the suite-wide thread-leak check (the autouse fixture in ``tests/conftest.py``).
 
-Import it into ``tests/conftest.py`` (``from tests.conftest_threads import no_thread_leak``) or use
-``pytestmark = pytest.mark.usefixtures("no_thread_leak")`` in a module that imports it.
+It lives outside ``conftest.py`` so a test module can import it (to test it) without importing
+the conftest.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 LEAK_GRACE_S = 1.0
 """How long a thread started by the test may take to finish after it returns."""
@@ -24,13 +21,3 @@ def leaked_threads(before: set[threading.Thread], grace_s: float = LEAK_GRACE_S)
         if not leaked or time.monotonic() >= deadline:
             return leaked
         time.sleep(0.01)
-
-
-@pytest.fixture
-def no_thread_leak() -> Iterator[None]:
-    """Fail the test if it leaves threads running (napari's dangling-QThread check, for threading)."""
-    before = set(threading.enumerate())
-    yield
-    leaked = leaked_threads(before)
-    if leaked:
-        pytest.fail(f"test left {len(leaked)} thread(s) running: {', '.join(sorted(t.name for t in leaked))}")

@@ -13,10 +13,10 @@ from config.schema import FusionConfig
 from pipeline.orchestrator import MemorySink, OnFull, Orchestrator
 from pipeline.sources_synthetic import SyntheticSource
 from pipeline.types import CountResult, Frame, FusedResult
-from tests.conftest_threads import leaked_threads, no_thread_leak  # noqa: F401
+from tests.conftest_threads import leaked_threads
 from tests.timed_branches import SleepyBranch, sum_combine
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_thread_leak")]
+pytestmark = pytest.mark.timeout(30)  # threads: the suite-wide leak check in tests/conftest.py
 
 STRICT, ASYNC, RAW = "STRICT_SYNC", "ASYNC_OVERLAY", "RAW_STREAM_WITH_METADATA"
 
