@@ -47,7 +47,7 @@ from config.schema import StorageConfig
 from pipeline.types import FusedResult
 from storage.schema import create_schema, to_json, utc_iso, utc_now, write_transaction
 
-log = logging.getLogger("storage")
+log = logging.getLogger("people_counter.storage")
 
 _FIX_HINT = "choose a writable file with --db PATH or storage.db_path in config/pipeline.yaml"
 

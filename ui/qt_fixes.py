@@ -22,7 +22,7 @@ import sys
 
 from PySide6.QtCore import QObject, Signal
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("people_counter.ui")
 
 _MARGIN = 1 << 40
 _PROBES = 4

@@ -37,7 +37,7 @@ from ui.charts import TelemetryCharts
 from ui.overlay import OverlayOptions, fit_size, render_overlay
 from ui.qt_fixes import apply_qt_workarounds
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("people_counter.ui")
 
 STRATEGIES: tuple[str, ...] = tuple(s.value for s in FusionStrategyName)
 """Names offered by the strategy selector, in the config's order."""
