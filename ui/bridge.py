@@ -3,8 +3,9 @@
 The worker calls :meth:`LatestResultSink.write` for every published frame and never waits on the
 UI; the UI thread calls :meth:`LatestResultSink.take` on its own clock (a ~30 Hz timer). A result
 the UI had no time to show is replaced by the next one and counted as skipped, never queued, so
-a slow UI costs nothing but skipped frames. The worker also publishes its run state here
-(:meth:`LatestResultSink.set_status`), which the window shows.
+a slow UI costs nothing but skipped frames. The sink also tracks a coarse run state from the
+stream itself (STARTING until the first result, RUNNING, STOPPED once closed); a failure reaches
+the window through the controller's status (the orchestrator's), not through this sink.
 
 No Qt in this module: it is plain threading, so the worker side never touches a Qt object.
 """
@@ -61,9 +62,9 @@ class BridgeStats:
 class LatestResultSink:
     """A :class:`pipeline.protocols.Sink` that keeps only the newest result for the UI thread.
 
-    Thread-safe: ``write``, ``set_status`` and ``close`` may be called from any thread (the
-    worker's), ``take``, ``status`` and ``stats`` from any other (the UI's). Every call holds one
-    lock for a few assignments, so the worker is never blocked for longer than that.
+    Thread-safe: ``write`` and ``close`` may be called from any thread (the worker's), ``take``,
+    ``status`` and ``stats`` from any other (the UI's). Every call holds one lock for a few
+    assignments, so the worker is never blocked for longer than that.
     """
 
     def __init__(self) -> None:
@@ -96,18 +97,9 @@ class LatestResultSink:
                 self._taken += 1
             return result
 
-    def set_status(self, state: RunState | str, message: str = "") -> None:
-        """Publish the run state (``"RUNNING"``, ``"FAILED"`` with the error text, ``"STOPPED"``).
-
-        Raises ``ValueError`` for an unknown state name.
-        """
-        status = PipelineStatus(RunState(state), message)
-        with self._lock:
-            self._status = status
-
     @property
     def status(self) -> PipelineStatus:
-        """The last published run state."""
+        """STARTING before the first result, RUNNING after it, STOPPED after ``close``."""
         with self._lock:
             return self._status
 
@@ -119,11 +111,10 @@ class LatestResultSink:
             return BridgeStats(self._written, self._taken, self._skipped, pending)
 
     def close(self) -> None:
-        """End of the stream: later writes are counted as skipped; a FAILED status is kept, else STOPPED.
+        """End of the stream: the status becomes STOPPED and later writes are counted as skipped.
 
         A result already waiting stays available to ``take`` so the last frame is still shown.
         """
         with self._lock:
             self._closed = True
-            if self._status.state is not RunState.FAILED:
-                self._status = PipelineStatus(RunState.STOPPED, self._status.message)
+            self._status = PipelineStatus(RunState.STOPPED)
