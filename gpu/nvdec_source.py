@@ -28,32 +28,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from config.errors import GpuUnavailableError, SourceError
+from config.errors import SourceError
+from gpu.imports import require, require_cuda_device
 from gpu.ring import FrameRing
+from pipeline.sources import is_network_uri
 from pipeline.types import Frame, FrameMeta
 
 log = logging.getLogger("people_counter.decode")
 
-NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 _SWITCH = "set streams[].decoder: pyav to decode on the CPU"
 
 
 def import_nvc() -> Any:
-    try:
-        import PyNvVideoCodec as nvc
-    except ImportError as exc:
-        raise GpuUnavailableError(f"NVDEC decode needs PyNvVideoCodec ({exc}); pip install PyNvVideoCodec, or {_SWITCH}") from None
-    return nvc
+    """``PyNvVideoCodec``, or a GpuUnavailableError that says how to decode on the CPU."""
+    return require("PyNvVideoCodec", "NVDEC decode", f"pip install PyNvVideoCodec, or {_SWITCH}")
 
 
 def _import_cupy() -> Any:
-    try:
-        import cupy
-
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        raise GpuUnavailableError(f"NVDEC decode needs CuPy and a CUDA device ({exc}); {_SWITCH}") from None
-    return cupy
+    return require_cuda_device("NVDEC decode", _SWITCH)
 
 
 class NvdecSource:
@@ -76,7 +68,7 @@ class NvdecSource:
         self.loop = loop
         self.gpu_id = gpu_id
         self.ring_depth = ring_depth
-        self.network = uri.lower().startswith(NETWORK_SCHEMES)
+        self.network = is_network_uri(uri)
         self.low_latency = self.network if low_latency is None else low_latency
         self.max_frames = max_frames
         self._given_stream = stream

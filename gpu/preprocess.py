@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from config.errors import GpuUnavailableError
 from gpu import kernels
+from gpu.imports import require_cuda_device
 from pipeline.geometry import PreprocessPlan
 from pipeline.preprocess import InputSpec
 from pipeline.types import Frame, PreprocessOutput
@@ -26,19 +26,12 @@ if TYPE_CHECKING:
     import cupy
 
 
+_SWITCH = "install cupy-cuda13x, or set backend.device: cpu"
+
+
 def import_cupy() -> Any:
-    """``cupy``, or a GpuUnavailableError that says what to install or switch."""
-    try:
-        import cupy
-    except ImportError as exc:
-        raise GpuUnavailableError(
-            f"the GPU path needs CuPy ({exc}); install cupy-cuda13x, or set backend.device: cpu"
-        ) from None
-    try:
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError when there is no driver or no device
-        raise GpuUnavailableError(f"no usable CUDA device ({exc}); set backend.device: cpu") from None
-    return cupy
+    """``cupy`` with a CUDA device, or a GpuUnavailableError that says what to install or switch."""
+    return require_cuda_device("the GPU path", _SWITCH)
 
 
 class _Prepared:

@@ -5,10 +5,10 @@ No registry, no global current backend: the app passes the name from the config.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from config.errors import ConfigError, GpuUnavailableError
+from config.errors import ConfigError
+from gpu.imports import require
 from pipeline.protocols import InferenceBackend
 
 BACKENDS: dict[str, str] = {
@@ -24,13 +24,9 @@ def resolve_backend(name: str) -> type:
     except KeyError:
         raise ConfigError(f"backend.name: unknown backend {name!r}; choose one of {sorted(BACKENDS)}") from None
     module_name, _, cls_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GpuUnavailableError(
-            f"backend {name!r} cannot be loaded here ({exc}); on a machine without it set "
-            "backend.name: onnxruntime in the pipeline config"
-        ) from None
+    module = require(
+        module_name, f"backend {name!r}", "on a machine without it set backend.name: onnxruntime in the pipeline config"
+    )
     cls: type = getattr(module, cls_name)
     return cls
 
