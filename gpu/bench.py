@@ -5,7 +5,7 @@ follows the project's method: warm-up first, CUDA events around device work, med
 many repetitions.
 
 ``python -m gpu.bench`` runs the decode and preprocessing benchmarks and prints one JSON object
-per line; ``python -m models.ort_cuda`` runs the inference one on ONNX models (the layers keep
+per line; ``python -m models.ort_cuda_bench`` runs the inference one on ONNX models (the layers keep
 ``gpu/`` from importing ``models/``).
 """
 

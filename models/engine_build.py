@@ -29,16 +29,13 @@ from typing import Any
 import numpy as np
 
 from config.errors import ConfigError, ModelLoadError
+from gpu.bench import card_name
+from models.trt_runtime import engine_path_for, import_tensorrt, trt_logger
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 
 log = logging.getLogger("people_counter.inference")
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def engine_path_for(onnx_path: Path, engine_dir: Path, precision: str) -> Path:
-    """Where the engine of ``onnx_path`` at ``precision`` lives."""
-    return Path(engine_dir) / f"{Path(onnx_path).stem}.{precision}.engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +60,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def gpu_name() -> str:
-    import cupy
-
-    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def input_spec(cfg: Any, name: str) -> InputSpec:
-    """The ``InputSpec`` of config preprocess entry ``name``."""
-    s = cfg.preprocess[name]
-    return InputSpec(name, s.kind, s.width, s.height, s.overlap, s.dtype, tuple(s.mean), tuple(s.std), s.pad_value)
-
-
 def probe_frame_size(cfg: Any) -> tuple[int, int]:
     """(width, height) of the first stream, from its first frame (PyAV)."""
     from pipeline.sources import PyAVSource
@@ -94,7 +78,7 @@ def recipes(cfg: Any, precision: str, frame_wh: tuple[int, int]) -> list[EngineR
     by_model: dict[str, list[InputSpec]] = {}
     for branch in cfg.branches.values():
         if branch.enabled:
-            by_model.setdefault(branch.model, []).append(input_spec(cfg, branch.input))
+            by_model.setdefault(branch.model, []).append(InputSpec.from_config(branch.input, cfg.preprocess[branch.input]))
     out = []
     for model, specs in by_model.items():
         path = Path(cfg.models[model].path)
@@ -141,7 +125,7 @@ def calibration_batches(cfg: Any, recipe: EngineRecipe, frames: int) -> Iterator
     from pipeline.sources import PyAVSource
 
     stream = cfg.streams[0]
-    pres = [NumpyPreprocessor(input_spec(cfg, s)) for s in recipe.specs]
+    pres = [NumpyPreprocessor(InputSpec.from_config(s, cfg.preprocess[s])) for s in recipe.specs]
     batch = recipe.max_shape[0]
     pending: list[np.ndarray] = []
     with PyAVSource(stream.uri, stream_id=stream.id) as src:
@@ -186,8 +170,6 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch: int, cache: 
 
 def build_engine(cfg: Any, recipe: EngineRecipe, out: Path, workspace_mib: int, calibration_frames: int) -> None:
     """Parse the ONNX, set the profile and precision, build and write ``out``."""
-    from models.tensorrt_backend import import_tensorrt, trt_logger
-
     trt = import_tensorrt()
     logger = trt_logger()
     builder = trt.Builder(logger)
@@ -236,15 +218,13 @@ def build_engines(
     ``progress``: True for a tqdm bar, a callable for messages, False for silence. Returns the
     engine paths.
     """
-    from models.tensorrt_backend import import_tensorrt
-
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     trt = import_tensorrt()
     tcfg = cfg.backend.tensorrt
     engine_dir = Path(tcfg.engine_dir)
     engine_dir.mkdir(parents=True, exist_ok=True)
-    gpu = gpu_name()
+    gpu = card_name()
     todo = recipes(cfg, precision, frame_wh or probe_frame_size(cfg))
     bar = None
     if progress is True:

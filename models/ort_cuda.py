@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from config.errors import GpuUnavailableError, ModelLoadError
+from config.errors import ModelLoadError
+from gpu.imports import require
 from pipeline.protocols import TensorInfo
 
 log = logging.getLogger("people_counter.inference")
 
 DISABLE_SYNC_KEY = "disable_synchronize_execution_providers"
-
 
 
 def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
@@ -108,12 +108,7 @@ class CudaBinding:
         provider_options: Mapping[str, str] | None = None,
         priority: str = "normal",
     ) -> None:
-        try:
-            import cupy
-        except ImportError as exc:
-            raise GpuUnavailableError(
-                f"ONNX Runtime on the GPU needs CuPy ({exc}); install cupy-cuda13x or set backend.device: cpu"
-            ) from None
+        cupy = require("cupy", "ONNX Runtime on the GPU", "install cupy-cuda13x or set backend.device: cpu", what="CuPy")
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in session.get_providers():
@@ -203,37 +198,3 @@ class CudaBinding:
         self._io.clear_binding_outputs()
         log.debug("output shapes for input shapes %s: %s", key, shapes)
         return shapes
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m models.ort_cuda NAME=PATH:B1,B2 ...``: ORT CUDA latency per batch, JSON lines."""
-    import argparse
-    import json
-
-    from gpu.bench import bench_inference
-    from models.onnxruntime_backend import OnnxRuntimeBackend
-
-    ap = argparse.ArgumentParser(prog="python -m models.ort_cuda")
-    ap.add_argument("models", nargs="+", help="NAME=PATH:BATCH[,BATCH...]")
-    ap.add_argument("--hw", default="640x640", help="HxW for dynamic input sizes")
-    ap.add_argument("--iters", type=int, default=50)
-    args = ap.parse_args(argv)
-    for item in args.models:
-        name, _, rest = item.partition("=")
-        path, _, batches = rest.rpartition(":")
-        backend = OnnxRuntimeBackend(path, device="gpu")
-        try:
-            for b in batches.split(","):
-                h, w = (int(v) for v in args.hw.split("x"))
-                result = bench_inference(backend, int(b), iters=args.iters, hw=(h, w))
-                result["model"] = name
-                print(json.dumps(result), flush=True)
-        finally:
-            backend.close()
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """TensorRT backend (TensorRT 10/11, name-based I/O API): CuPy in, CuPy out, asynchronous.
 
 - One logger (routed to the ``people_counter.inference`` logger) and one ``trt.Runtime`` per
-  process; each engine file is deserialised once per process and shared.
+  process (:mod:`models.trt_runtime`); each engine file is deserialised once per process and shared.
 - One ``IExecutionContext`` per backend instance: the app creates one backend per branch, so
   concurrent branches never share a context. Each instance enqueues on its own CUDA stream (or a
   given one) and orders itself after the caller's stream with an event (no host wait).
@@ -17,7 +17,7 @@ Importing this module needs neither TensorRT nor CuPy. Constructing a backend wi
 raises ``GpuUnavailableError`` that says to set ``backend.name: onnxruntime``.
 
 The engine for ``model_path`` (the ONNX named in the config) is looked up with
-:func:`models.engine_build.engine_path_for`; ``python main.py build-engines`` builds it.
+:func:`models.trt_runtime.engine_path_for`; ``python main.py build-engines`` builds it.
 """
 
 from __future__ import annotations
@@ -31,60 +31,14 @@ from typing import Any
 import numpy as np
 
 from config.errors import GpuUnavailableError, ModelLoadError
+from gpu.imports import require
+from models.trt_runtime import SWITCH, engine_path_for, import_tensorrt, trt_runtime
 from pipeline.protocols import TensorInfo
 
 log = logging.getLogger("people_counter.inference")
 
-_SWITCH = "set backend.name: onnxruntime in the pipeline config (ONNX Runtime with the CUDA provider)"
 _lock = threading.Lock()
-_runtime: Any = None
-_logger: Any = None
 _engines: dict[str, Any] = {}
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or GpuUnavailableError naming the backend switch."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise GpuUnavailableError(f"backend 'tensorrt' needs the TensorRT Python package ({exc}); {_SWITCH}") from None
-    return trt
-
-
-def trt_logger() -> Any:
-    """The process's one TensorRT logger; TensorRT messages go to Python logging."""
-    global _logger
-    trt = import_tensorrt()
-    with _lock:
-        if _logger is None:
-            levels = {
-                trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL,
-                trt.ILogger.Severity.ERROR: logging.ERROR,
-                trt.ILogger.Severity.WARNING: logging.WARNING,
-                trt.ILogger.Severity.INFO: logging.INFO,
-                trt.ILogger.Severity.VERBOSE: logging.DEBUG,
-            }
-
-            class _PyLogger(trt.ILogger):  # type: ignore[misc, name-defined]
-                def __init__(self) -> None:
-                    trt.ILogger.__init__(self)
-
-                def log(self, severity: Any, msg: str) -> None:
-                    log.log(levels.get(severity, logging.INFO), "tensorrt: %s", msg)
-
-            _logger = _PyLogger()
-        return _logger
-
-
-def trt_runtime() -> Any:
-    """The process's one ``trt.Runtime``."""
-    global _runtime
-    trt = import_tensorrt()
-    logger = trt_logger()
-    with _lock:
-        if _runtime is None:
-            _runtime = trt.Runtime(logger)
-        return _runtime
 
 
 def load_engine(path: str | Path) -> Any:
@@ -152,13 +106,8 @@ class TensorRTBackend:
     ) -> None:
         trt = import_tensorrt()
         if device != "gpu":
-            raise GpuUnavailableError(f"backend 'tensorrt' runs on the GPU only (device={device!r}); {_SWITCH}")
-        try:
-            import cupy
-        except ImportError as exc:
-            raise GpuUnavailableError(f"backend 'tensorrt' needs CuPy ({exc}); {_SWITCH}") from None
-        from models.engine_build import engine_path_for
-
+            raise GpuUnavailableError(f"backend 'tensorrt' runs on the GPU only (device={device!r}); {SWITCH}")
+        cupy = require("cupy", "backend 'tensorrt'", SWITCH, what="CuPy")
         self._cp = cupy
         self._trt = trt
         path = Path(engine_path) if engine_path else engine_path_for(Path(model_path), Path(engine_dir), precision)

@@ -11,13 +11,16 @@ rounding. Then ``(rgb / 255 - mean) / std`` and a cast to the spec's dtype. Pad 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.geometry import PreprocessPlan, plan_spec
 from pipeline.types import Frame, PreprocessOutput
+
+if TYPE_CHECKING:
+    from config.schema import InputSpecConfig
 
 # BT.709 limited range YUV -> RGB (0..255): R = 1.1644(Y-16) + 1.7927(V-128), ...
 YUV_MATRIX_BT709: tuple[tuple[float, float, float], ...] = (
@@ -43,6 +46,14 @@ class InputSpec:
     phase: tuple[int, int] | None = None
     """(k, n): only the tiles i of the whole plan with i % n == k (a density grid spread over n
     frames); None for all tiles."""
+
+    @classmethod
+    def from_config(cls, name: str, cfg: InputSpecConfig) -> InputSpec:
+        """The spec of config entry ``preprocess.<name>``."""
+        return cls(
+            name=name, kind=cfg.kind, width=cfg.width, height=cfg.height, overlap=cfg.overlap, dtype=cfg.dtype,
+            mean=cfg.mean, std=cfg.std, pad_value=cfg.pad_value,
+        )  # fmt: skip
 
     def plan(self, frame_w: int, frame_h: int) -> PreprocessPlan:
         whole = plan_spec(self.kind, frame_w, frame_h, self.width, self.height, self.overlap)
