@@ -9,47 +9,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from config.errors import ConfigError, ModelLoadError, SourceError
-from config.schema import InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
+from config.schema import BranchConfig, InputSpecConfig, ModelConfig, PipelineConfig, StreamConfig
 from models.backends import create_backend
 from models.branch import ModelBranch, OneCallYoloBranch, RollingDensityBranch
 from models.runner import ModelRunner, check_image_input
-from pipeline.counting import hybrid_count, merge_detections
+from pipeline.frame_counter import FrameCounter
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
 from pipeline.protocols import Branch, FrameSource, TensorInfo
 from pipeline.sources import EventCallback, PacedSource, PyAVSource, is_network_uri
-from pipeline.types import (
-    GLOBAL_SOURCE,
-    BranchResult,
-    CountResult,
-    DensityMap,
-    Detections,
-    Frame,
-    FrameMeta,
-    PreprocessOutput,
-)
+from pipeline.types import Frame, PreprocessOutput
 
 log = logging.getLogger("people_counter.app")
 
-Role = Literal["global", "tiles", "global+tiles", "density"]
-
 
 def make_input_spec(name: str, cfg: InputSpecConfig) -> InputSpec:
-    return InputSpec(
-        name=name,
-        kind=cfg.kind,
-        width=cfg.width,
-        height=cfg.height,
-        overlap=cfg.overlap,
-        dtype=cfg.dtype,
-        mean=cfg.mean,
-        std=cfg.std,
-        pad_value=cfg.pad_value,
-    )
+    """The ``InputSpec`` of config entry ``preprocess.<name>`` (:meth:`InputSpec.from_config`)."""
+    return InputSpec.from_config(name, cfg)
 
 
 def make_source(
@@ -103,15 +82,6 @@ def gpu_ring_depth(cfg: PipelineConfig) -> int:
     return (cfg.fusion.queue_size + 2) * every + 4
 
 
-def branch_role(cfg: PipelineConfig, name: str) -> Role:
-    b = cfg.branches[name]
-    if cfg.models[b.model].kind == "density":
-        return "density"
-    if len(b.inputs) > 1:
-        return "global+tiles"
-    return "global" if cfg.preprocess[b.inputs[0]].kind == "letterbox" else "tiles"
-
-
 def _make_preprocessor(spec: InputSpec, device: str) -> Any:
     if device == "gpu":
         from gpu.preprocess import GpuPreprocessor
@@ -150,68 +120,72 @@ def make_branches(cfg: PipelineConfig, only: set[str] | None = None) -> list[Bra
     """One branch per enabled config branch, each with its own backend instance (its own
     execution context on TensorRT; ONNX Runtime sessions are not shared between threads)."""
     branches: list[Branch] = []
-    be = cfg.backend
     try:
         for name, bcfg in cfg.branches.items():
-            if not bcfg.enabled or (only is not None and name not in only):
-                continue
-            specs = [make_input_spec(i, cfg.preprocess[i]) for i in bcfg.inputs]
-            spec = specs[0]
-            model = cfg.models[bcfg.model]
-            kwargs: dict[str, Any]
-            if be.name == "onnxruntime":
-                kwargs = {
-                    "providers": list(be.onnxruntime.providers),
-                    "intra_op_threads": be.onnxruntime.intra_op_threads,
-                    "device": be.device,
-                }
-                if be.device == "gpu":  # the detector's stream goes first; density fills the gaps
-                    kwargs["stream_priority"] = "low" if model.kind == "density" else "high"
-            else:
-                kwargs = {"engine_dir": be.tensorrt.engine_dir, "precision": be.tensorrt.precision,
-                          "cuda_graphs": be.tensorrt.cuda_graphs}
-            backend = create_backend(be.name, model.path, **kwargs)
-            runner = ModelRunner(backend, name)  # telemetry: inference_model_<branch>_ms
-            check_image_input(bcfg.model, runner.input, spec.width, spec.height)
-            check_model_outputs(bcfg.model, model, backend.outputs)
-            if bcfg.spread and bcfg.every_n_frames > 1:
-                n = bcfg.every_n_frames
-                branches.append(
-                    RollingDensityBranch(
-                        name,
-                        preprocessors=[_make_preprocessor(dataclasses.replace(spec, phase=(k, n)), be.device) for k in range(n)],
-                        whole_spec=spec,
-                        runner=runner,
-                        stride=model.output_stride,
-                        density_scale=model.density_scale,
-                    )
-                )
-                continue
-            if len(specs) > 1:
-                branches.append(
-                    OneCallYoloBranch(
-                        name,
-                        prepare=_make_multi_preprocessor(specs, be.device),
-                        runner=runner,
-                        adapter=_make_adapter(cfg, bcfg.model),
-                        every_n_frames=bcfg.every_n_frames,
-                    )
-                )
-                continue
-            branches.append(
-                ModelBranch(
-                    name,
-                    preprocessor=_make_preprocessor(spec, be.device),
-                    runner=runner,
-                    adapter=_make_adapter(cfg, bcfg.model),
-                    every_n_frames=bcfg.every_n_frames,
-                )
-            )
+            if bcfg.enabled and (only is None or name in only):
+                branches.append(_make_branch(cfg, name, bcfg))
     except BaseException:
         for b in branches:
             b.close()
         raise
     return branches
+
+
+def _make_branch(cfg: PipelineConfig, name: str, bcfg: BranchConfig) -> Branch:
+    """The parts every branch has (specs, backend, runner, load-time checks), then its kind."""
+    device = cfg.backend.device
+    specs = [make_input_spec(i, cfg.preprocess[i]) for i in bcfg.inputs]
+    model = cfg.models[bcfg.model]
+    runner = _make_runner(cfg, name, bcfg.model, specs[0])
+    if bcfg.spread and bcfg.every_n_frames > 1:
+        n = bcfg.every_n_frames
+        return RollingDensityBranch(
+            name,
+            preprocessors=[_make_preprocessor(dataclasses.replace(specs[0], phase=(k, n)), device) for k in range(n)],
+            whole_spec=specs[0],
+            runner=runner,
+            stride=model.output_stride,
+            density_scale=model.density_scale,
+        )
+    adapter = _make_adapter(cfg, bcfg.model)
+    if len(specs) > 1:
+        return OneCallYoloBranch(
+            name, prepare=_make_multi_preprocessor(specs, device), runner=runner, adapter=adapter,
+            every_n_frames=bcfg.every_n_frames,
+        )  # fmt: skip
+    return ModelBranch(
+        name, preprocessor=_make_preprocessor(specs[0], device), runner=runner, adapter=adapter,
+        every_n_frames=bcfg.every_n_frames,
+    )  # fmt: skip
+
+
+def _make_runner(cfg: PipelineConfig, branch: str, model_name: str, spec: InputSpec) -> ModelRunner:
+    """The model's backend, in a runner named after the branch (telemetry:
+    ``inference_model_<branch>_ms``), checked against the spec and the adapter's needs; the
+    backend is closed again when a check fails."""
+    be = cfg.backend
+    model = cfg.models[model_name]
+    kwargs: dict[str, Any]
+    if be.name == "onnxruntime":
+        kwargs = {
+            "providers": list(be.onnxruntime.providers),
+            "intra_op_threads": be.onnxruntime.intra_op_threads,
+            "device": be.device,
+        }
+        if be.device == "gpu":  # the detector's stream goes first; density fills the gaps
+            kwargs["stream_priority"] = "low" if model.kind == "density" else "high"
+    else:
+        kwargs = {"engine_dir": be.tensorrt.engine_dir, "precision": be.tensorrt.precision,
+                  "cuda_graphs": be.tensorrt.cuda_graphs}  # fmt: skip
+    backend = create_backend(be.name, model.path, **kwargs)
+    try:
+        runner = ModelRunner(backend, branch)
+        check_image_input(model_name, runner.input, spec.width, spec.height)
+        check_model_outputs(model_name, model, backend.outputs)
+    except BaseException:
+        backend.close()
+        raise
+    return runner
 
 
 def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[TensorInfo, ...]) -> None:
@@ -232,54 +206,9 @@ def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[Tens
         )
 
 
-CombineFn = Callable[[Mapping[str, BranchResult], FrameMeta], tuple[Detections, DensityMap | None, CountResult]]
-
-
-@dataclass(frozen=True, slots=True)
-class Counter:
-    """Merges the branches' results of one frame and counts (the fusion's ``combine``)."""
-
-    cfg: PipelineConfig
-    roles: Mapping[str, Role]
-
-    def __call__(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None, CountResult]:
-        counting = self.cfg.counting
-        global_parts: list[Detections] = []
-        tile_parts: list[Detections] = []
-        rects = []
-        density: DensityMap | None = None
-        for name, res in results.items():
-            role = self.roles.get(name)
-            if res.error is not None or role is None:
-                continue
-            if role == "density":
-                density = res.density
-            elif res.detections is not None:
-                if role == "global":
-                    global_parts.append(res.detections)
-                elif role == "global+tiles":  # one call's result: split by where each came from
-                    is_global = res.detections.source == GLOBAL_SOURCE
-                    global_parts.append(res.detections[is_global])
-                    tile_parts.append(res.detections[~is_global])
-                    if res.tile_rects is not None:
-                        rects.append(res.tile_rects)
-                else:
-                    tile_parts.append(res.detections)
-                    if res.tile_rects is not None:
-                        rects.append(res.tile_rects)
-        import numpy as np
-
-        frame_wh = (frame.width, frame.height)
-        tile_rects = np.concatenate(rects) if rects else np.zeros((0, 4), np.float32)
-        merged = merge_detections(
-            Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, counting.merge
-        )
-        counts = hybrid_count(merged, density, frame_wh, counting.hybrid, counting.policy, zones=counting.zones)
-        return merged, density, counts
-
-
-def make_counter(cfg: PipelineConfig) -> Counter:
-    return Counter(cfg, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
+def make_counter(cfg: PipelineConfig) -> FrameCounter:
+    """The fusion's ``combine`` for ``cfg``: :meth:`pipeline.frame_counter.FrameCounter.from_config`."""
+    return FrameCounter.from_config(cfg)
 
 
 def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:

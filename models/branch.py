@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from config.errors import ModelLoadError
 from models.runner import ModelRunner, array_module
+from pipeline.geometry import PreprocessPlan
 from pipeline.protocols import ModelAdapter, Preprocessor
 from pipeline.types import BranchResult, DensityMap, Detections, Frame, PreprocessOutput
 
@@ -31,9 +34,62 @@ def failed_result(branch: str, frame: Frame, timings: dict[str, float], exc: Exc
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What a branch decoded from one frame's outputs: host data, frame pixels."""
+
+    detections: Detections | None = None
+    density: DensityMap | None = None
+    tile_rects: NDArray[np.float32] | None = None
+    """(T, 4) float32 xyxy frame rectangles of the tiles the detections came from, for the merge."""
+
+
+P = TypeVar("P")
+
+
+def run_branch(
+    name: str,
+    frame: Frame,
+    prepare: Callable[[Frame], P],
+    infer: Callable[[P], tuple[dict[str, Any], dict[str, float]]],
+    decode: Callable[[P, dict[str, Any]], Decoded],
+) -> BranchResult:
+    """The one skeleton of every branch: ``prepare`` (timed as ``preprocess_ms``), ``infer``
+    (returns outputs and its own timings, see :meth:`models.runner.ModelRunner.run`), ``decode``
+    (timed as ``postprocess_ms``).
+
+    An error of one frame becomes ``BranchResult.error`` (:func:`failed_result`, with the timings
+    so far); a ``ModelLoadError`` (outputs the adapter cannot decode) is raised: it will not get
+    better next frame.
+    """
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        prepared = prepare(frame)
+        timings["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
+        outputs, infer_t = infer(prepared)
+        timings.update(infer_t)
+        t2 = time.perf_counter()
+        decoded = decode(prepared, outputs)
+        timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        return failed_result(name, frame, timings, exc)
+    return BranchResult(
+        frame=frame.meta, branch=name, detections=decoded.detections, density=decoded.density,
+        timings=timings, done_ts=time.perf_counter(), tile_rects=decoded.tile_rects,
+    )  # fmt: skip
+
+
+def _tile_rects(pre: PreprocessOutput) -> NDArray[np.float32] | None:
+    """The tiles' content rectangles of a tiled plan; None for a letterbox."""
+    return None if pre.plan.kind == "letterbox" else pre.plan.content_rects().astype(np.float32)
+
+
 class ModelBranch:
-    """``run(frame) -> BranchResult``. Errors of one frame become ``BranchResult.error``;
-    a ``ModelLoadError`` (wrong model outputs) is raised: it will not get better next frame."""
+    """``run(frame) -> BranchResult`` for one input spec and one adapter (detections or density).
+    Errors: see :func:`run_branch`."""
 
     def __init__(
         self,
@@ -51,34 +107,16 @@ class ModelBranch:
         self.every_n_frames = every_n_frames
 
     def run(self, frame: Frame) -> BranchResult:
-        timings: dict[str, float] = {}
-        try:
-            t0 = time.perf_counter()
-            pre = self.preprocessor.run(frame)
-            t1 = time.perf_counter()
-            timings["preprocess_ms"] = (t1 - t0) * 1e3
-            outputs, infer_t = self.runner.run(pre.tensor)
-            timings.update(infer_t)
-            t2 = time.perf_counter()
-            result: Any = self.adapter.decode(outputs, pre)
-            t3 = time.perf_counter()
-            timings["postprocess_ms"] = (t3 - t2) * 1e3
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            return failed_result(self.name, frame, timings, exc)
-        tile_rects = None
-        if pre.plan.kind != "letterbox":
-            tile_rects = pre.plan.content_rects().astype(np.float32)
-        return BranchResult(
-            frame=frame.meta,
-            branch=self.name,
-            detections=result if isinstance(result, Detections) else None,
-            density=result if isinstance(result, DensityMap) else None,
-            timings=timings,
-            done_ts=time.perf_counter(),
-            tile_rects=tile_rects,
-        )
+        return run_branch(self.name, frame, self.preprocessor.run, self._infer, self._decode)
+
+    def _infer(self, pre: PreprocessOutput) -> tuple[dict[str, Any], dict[str, float]]:
+        return self.runner.run(pre.tensor)
+
+    def _decode(self, pre: PreprocessOutput, outputs: dict[str, Any]) -> Decoded:
+        result = self.adapter.decode(outputs, pre)
+        if isinstance(result, DensityMap):
+            return Decoded(density=result, tile_rects=_tile_rects(pre))
+        return Decoded(detections=result, tile_rects=_tile_rects(pre))
 
     def close(self) -> None:
         self.runner.backend.close()
@@ -120,48 +158,43 @@ class RollingDensityBranch:
         self._tiles: dict[int, Any] = {}
 
     def run(self, frame: Frame) -> BranchResult:
+        return run_branch(self.name, frame, self._prepare, self._infer, self._decode)
+
+    def _prepare(self, frame: Frame) -> tuple[PreprocessOutput, PreprocessPlan]:
+        size = (frame.meta.width, frame.meta.height)
+        if size != self._size:
+            self._size, self._tiles = size, {}
+        pre = self.preprocessors[frame.meta.frame_index % self.period].run(frame)
+        return pre, self.whole_spec.plan(*size)
+
+    def _infer(self, prepared: tuple[PreprocessOutput, PreprocessPlan]) -> tuple[dict[str, Any], dict[str, float]]:
+        pre, whole = prepared
+        if not pre.plan.count:
+            return {}, {}
+        # Every phase runs at the same batch (the largest phase), padding by repeating a tile:
+        # ONNX Runtime's CUDA EP re-tunes cuDNN on every change of input shape (measured on an
+        # H200: 500 ms a call with batches alternating 4 and 3, 7.6 ms at 4).
+        batch = -(-whole.count // self.period)
+        tensor = pre.tensor
+        if tensor.shape[0] < batch:
+            xp = array_module(tensor)
+            tensor = xp.concatenate([tensor, xp.repeat(tensor[-1:], batch - tensor.shape[0], axis=0)])
+        outputs, timings = self.runner.run(tensor)
+        return {k: v[: pre.plan.count] for k, v in outputs.items()}, timings
+
+    def _decode(self, prepared: tuple[PreprocessOutput, PreprocessPlan], outputs: dict[str, Any]) -> Decoded:
         from models.density import density_output, stitch_grid
 
-        timings: dict[str, float] = {}
-        size = (frame.meta.width, frame.meta.height)
-        try:
-            if size != self._size:
-                self._size, self._tiles = size, {}
-            t0 = time.perf_counter()
-            pre = self.preprocessors[frame.meta.frame_index % self.period].run(frame)
-            t1 = time.perf_counter()
-            timings["preprocess_ms"] = (t1 - t0) * 1e3
-            density = None
-            whole = self.whole_spec.plan(*size)
-            if pre.plan.count:
-                # Every phase runs at the same batch (the largest phase), padding by repeating a
-                # tile: ONNX Runtime's CUDA EP re-tunes cuDNN on every change of input shape
-                # (measured on an H200: 500 ms a call with batches alternating 4 and 3, 7.6 ms at 4).
-                batch = -(-whole.count // self.period)
-                tensor = pre.tensor
-                if tensor.shape[0] < batch:
-                    xp = array_module(tensor)
-                    tensor = xp.concatenate([tensor, xp.repeat(tensor[-1:], batch - tensor.shape[0], axis=0)])
-                outputs, infer_t = self.runner.run(tensor)
-                outputs = {k: v[: pre.plan.count] for k, v in outputs.items()}
-                timings.update(infer_t)
-                t2 = time.perf_counter()
-                maps = density_output(outputs, pre.plan, self.stride) * np.float32(self.density_scale)
-                assert pre.plan.indices is not None
-                for i, m in zip(pre.plan.indices.tolist(), maps, strict=True):
-                    self._tiles[i] = m
-            else:
-                t2 = time.perf_counter()
-            if len(self._tiles) == whole.count:
-                stacked = np.stack([self._tiles[i] for i in range(whole.count)])
-                density = DensityMap(density=stitch_grid(stacked, whole, self.stride), stride=self.stride)
-            timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            return failed_result(self.name, frame, timings, exc)
-        return BranchResult(frame=frame.meta, branch=self.name, density=density, timings=timings,
-                            done_ts=time.perf_counter())
+        pre, whole = prepared
+        if pre.plan.count:
+            maps = density_output(outputs, pre.plan, self.stride) * np.float32(self.density_scale)
+            assert pre.plan.indices is not None
+            for i, m in zip(pre.plan.indices.tolist(), maps, strict=True):
+                self._tiles[i] = m
+        if len(self._tiles) != whole.count:
+            return Decoded()
+        stacked = np.stack([self._tiles[i] for i in range(whole.count)])
+        return Decoded(density=DensityMap(density=stitch_grid(stacked, whole, self.stride), stride=self.stride))
 
     def close(self) -> None:
         self.runner.backend.close()
@@ -193,42 +226,31 @@ class OneCallYoloBranch:
         self.every_n_frames = every_n_frames
 
     def run(self, frame: Frame) -> BranchResult:
-        timings: dict[str, float] = {}
-        try:
-            t0 = time.perf_counter()
-            pres = self.prepare(frame)
-            xp = array_module(pres[0].tensor)
-            tensor = xp.concatenate([p.tensor for p in pres]) if len(pres) > 1 else pres[0].tensor
-            t1 = time.perf_counter()
-            timings["preprocess_ms"] = (t1 - t0) * 1e3
-            outputs, infer_t = self.runner.run(tensor)
-            timings.update(infer_t)
-            t2 = time.perf_counter()
-            parts: list[Detections] = []
-            rects = []
-            start = 0
-            for pre in pres:
-                n = pre.plan.count
-                part = {k: v[start : start + n] for k, v in outputs.items()}
-                start += n
-                dets = self.adapter.decode(part, pre)
-                assert isinstance(dets, Detections)
-                parts.append(dets)
-                if pre.plan.kind != "letterbox":
-                    rects.append(pre.plan.content_rects().astype(np.float32))
-            timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            return failed_result(self.name, frame, timings, exc)
-        return BranchResult(
-            frame=frame.meta,
-            branch=self.name,
-            detections=Detections.merge(parts),
-            timings=timings,
-            done_ts=time.perf_counter(),
-            tile_rects=np.concatenate(rects) if rects else None,
-        )
+        return run_branch(self.name, frame, self._prepare, self._infer, self._decode)
+
+    def _prepare(self, frame: Frame) -> tuple[list[PreprocessOutput], Any]:
+        """The specs' outputs and their tensors as one batch."""
+        pres = self.prepare(frame)
+        xp = array_module(pres[0].tensor)
+        return pres, (xp.concatenate([p.tensor for p in pres]) if len(pres) > 1 else pres[0].tensor)
+
+    def _infer(self, prepared: tuple[list[PreprocessOutput], Any]) -> tuple[dict[str, Any], dict[str, float]]:
+        return self.runner.run(prepared[1])
+
+    def _decode(self, prepared: tuple[list[PreprocessOutput], Any], outputs: dict[str, Any]) -> Decoded:
+        parts: list[Detections] = []
+        rects = []
+        start = 0
+        for pre in prepared[0]:
+            n = pre.plan.count
+            dets = self.adapter.decode({k: v[start : start + n] for k, v in outputs.items()}, pre)
+            start += n
+            assert isinstance(dets, Detections)
+            parts.append(dets)
+            r = _tile_rects(pre)
+            if r is not None:
+                rects.append(r)
+        return Decoded(detections=Detections.merge(parts), tile_rects=np.concatenate(rects) if rects else None)
 
     def close(self) -> None:
         self.runner.backend.close()

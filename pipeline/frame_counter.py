@@ -1,0 +1,86 @@
+"""The counting of one frame: the branches' results -> merged detections, density, counts.
+
+:class:`FrameCounter` is the fusion's ``combine`` (``pipeline.protocols.CombineFn``). It knows each
+branch only by its role (global letterbox, tiles, both in one call, density), read from the
+config by :func:`branch_role`; the merge and the counts are :mod:`pipeline.counting`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from config.schema import CountingConfig, PipelineConfig
+from pipeline.counting import hybrid_count, merge_detections
+from pipeline.types import GLOBAL_SOURCE, BranchResult, CountResult, DensityMap, Detections, FrameMeta
+
+__all__ = ["FrameCounter", "Role", "branch_role"]
+
+Role = Literal["global", "tiles", "global+tiles", "density"]
+"""What a branch's result is for the merge: ``global+tiles`` is one call over both (split by
+``Detections.source``)."""
+
+
+def branch_role(cfg: PipelineConfig, name: str) -> Role:
+    """The role of config branch ``name``: from its model's kind and its input specs."""
+    b = cfg.branches[name]
+    if cfg.models[b.model].kind == "density":
+        return "density"
+    if len(b.inputs) > 1:
+        return "global+tiles"
+    return "global" if cfg.preprocess[b.inputs[0]].kind == "letterbox" else "tiles"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameCounter:
+    """``counter(results, frame) -> (merged detections, density map or None, counts)``.
+
+    ``roles`` maps branch name to :data:`Role`; results of other branches, and failed results,
+    are left out. Global and tile detections are merged (IoS matching over the tiles' rectangles,
+    ``counting.merge``), then counted with the density map (``counting.hybrid``, per zone).
+    """
+
+    counting: CountingConfig
+    roles: Mapping[str, Role]
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> FrameCounter:
+        """The counter of the config's enabled branches."""
+        return cls(cfg.counting, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
+
+    def __call__(
+        self, results: Mapping[str, BranchResult], frame: FrameMeta
+    ) -> tuple[Detections, DensityMap | None, CountResult]:
+        global_parts: list[Detections] = []
+        tile_parts: list[Detections] = []
+        rects: list[np.ndarray] = []
+        density: DensityMap | None = None
+        for name, res in results.items():
+            role = self.roles.get(name)
+            if res.error is not None or role is None:
+                continue
+            if role == "density":
+                density = res.density
+                continue
+            if res.detections is None:
+                continue
+            if role == "global":
+                global_parts.append(res.detections)
+                continue
+            if role == "global+tiles":  # one call's result: split by where each came from
+                is_global = res.detections.source == GLOBAL_SOURCE
+                global_parts.append(res.detections[is_global])
+                tile_parts.append(res.detections[~is_global])
+            else:
+                tile_parts.append(res.detections)
+            if res.tile_rects is not None:
+                rects.append(res.tile_rects)
+        frame_wh = (frame.width, frame.height)
+        tile_rects = np.concatenate(rects) if rects else np.zeros((0, 4), np.float32)
+        c = self.counting
+        merged = merge_detections(Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, c.merge)
+        counts = hybrid_count(merged, density, frame_wh, c.hybrid, c.policy, zones=c.zones)
+        return merged, density, counts
