@@ -39,11 +39,32 @@ class StreamConfig(_Strict):
         description="Deliver a file at its frame rate, as a live camera would (latency measurements, the GUI); "
         "off, a file is read as fast as the pipeline takes it. Network streams are live anyway.",
     )
-    reconnect_attempts: int = Field(
-        3, ge=0, description="Reconnects tried for a network stream that drops, before giving up."
+    reconnect_attempts: int | None = Field(
+        None,
+        ge=0,
+        description="Reconnects tried per outage of a network stream (not up at start, dropped, ended, stalled) "
+        "before giving up; null: never give up (the default: a live source is waited for).",
     )
-    reconnect_backoff_s: float = Field(1.0, ge=0, description="Wait before each reconnect, seconds.")
+    reconnect_backoff_s: float = Field(
+        1.0, ge=0, description="First wait before a reconnect, seconds; doubled per attempt, with jitter."
+    )
+    reconnect_backoff_max_s: float = Field(10.0, ge=0, description="Longest wait between reconnects, seconds.")
     open_timeout_s: float = Field(10.0, gt=0, description="Timeout to open a network stream, seconds.")
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connected network stream that delivers no frame this long is stalled: reported "
+        "(stream_stalled) and reconnected, seconds.",
+    )
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> StreamConfig:
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_s:
+            raise ValueError(
+                f"reconnect_backoff_max_s ({self.reconnect_backoff_max_s}) is below reconnect_backoff_s "
+                f"({self.reconnect_backoff_s})"
+            )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -161,6 +182,12 @@ class FusionConfig(_Strict):
     strict_sync_timeout_ms: float = Field(500.0, gt=0, description="STRICT_SYNC publishes a frame as partial after this wait.")
     queue_size: int = Field(4, ge=1, description="Bound of every inter-thread queue.")
     stall_timeout_s: float = Field(30.0, gt=0, description="Watchdog: a branch silent this long is reported stalled.")
+    max_count_age_ms: float = Field(
+        2000.0,
+        gt=0,
+        description="ASYNC_OVERLAY: a published frame carries the counts of the latest finalized frame only while "
+        "they are younger than this (publish time minus that frame's decode time); older, the count is unknown (stale).",
+    )
 
 
 class StorageConfig(_Strict):

@@ -5,12 +5,29 @@ from __future__ import annotations
 import contextlib
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from config.errors import SourceError
 from pipeline.sources import PyAVSource
+
+
+class Events:
+    """An ``on_event`` that records ``(kind, message, frame_index, data)``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int | None, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, message: str, frame_index: int | None = None, data: Any = None) -> None:
+        self.items.append((kind, message, frame_index, dict(data or {})))
+
+    def kinds(self) -> list[str]:
+        return [k for k, *_ in self.items]
+
+    def of(self, kind: str) -> list[tuple[str, str, int | None, dict[str, Any]]]:
+        return [e for e in self.items if e[0] == kind]
 
 VTEST = Path(".cache/assets/video/vtest.avi")
 needs_vtest = pytest.mark.skipif(not VTEST.exists(), reason="demo video not fetched (run `make run` or `python main.py fetch-assets`)")
@@ -64,24 +81,44 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @needs_vtest
-def test_truncated_file_keeps_frames_read(tmp_path: Path) -> None:
+def test_truncated_file_keeps_frames_read_and_is_a_decode_error(tmp_path: Path) -> None:
     cut = tmp_path / "cut.avi"
     data = VTEST.read_bytes()
     cut.write_bytes(data[: len(data) // 10])
-    events: list[tuple[str, str]] = []
-    with PyAVSource(str(cut), on_event=lambda k, m: events.append((k, m))) as src:
+    events = Events()
+    with PyAVSource(str(cut), on_event=events) as src:
         n = sum(1 for _ in src.frames())
     assert n > 10  # the frames before the cut are decoded and kept
+    assert events.kinds() == ["decode_error"]
+    _, message, frame_index, data_ = events.items[0]
+    assert str(cut) in message and "truncated" in message
+    assert frame_index == n and data_["errors"] == 1
+    assert src.errors == 1
 
 
-def test_unreachable_url_fails_after_reconnects() -> None:
+@needs_vtest
+def test_corrupt_packets_mid_file_are_decode_errors_and_decoding_goes_on(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.avi"
+    data = bytearray(VTEST.read_bytes())
+    start = len(data) // 3
+    for i in range(start, start + 200_000, 97):  # scribble over a third of the way in, not the header
+        data[i] = (i * 31) % 256
+    bad.write_bytes(bytes(data))
+    events = Events()
+    with PyAVSource(str(bad), on_event=events) as src:
+        n = sum(1 for _ in src.frames())
+    assert n > 700  # the frames after the damage are decoded too
+    assert src.errors >= 1
+    assert set(events.kinds()) == {"decode_error"} and len(events.items) == src.errors
+    assert all(0 < fi < n for _, _, fi, _ in events.items)
+
+
+def test_unreachable_url_with_no_reconnects_fails_at_open() -> None:
     with socket.socket() as s:  # a local port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    events: list[tuple[str, str]] = []
-    src = PyAVSource(f"rtsp://127.0.0.1:{port}/live", reconnect_attempts=2, reconnect_backoff_s=0.0,
-                     open_timeout_s=2.0, on_event=lambda k, m: events.append((k, m)))
-    with pytest.raises(SourceError, match=f"127.0.0.1:{port}"):
+    src = PyAVSource(f"rtsp://127.0.0.1:{port}/live", reconnect_attempts=0, open_timeout_s=2.0)
+    with pytest.raises(SourceError, match=f"cannot connect to rtsp://127.0.0.1:{port}/live"):
         src.open()
 
 
@@ -113,16 +150,17 @@ def test_dropped_http_stream_reconnects_and_goes_on() -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        events: list[tuple[str, str]] = []
+        events = Events()
         uri = f"http://127.0.0.1:{server.server_address[1]}/vtest.avi"
-        with PyAVSource(uri, reconnect_attempts=2, reconnect_backoff_s=0.0, on_event=lambda k, m: events.append((k, m))) as src:
+        with PyAVSource(uri, reconnect_attempts=2, reconnect_backoff_s=0.0, on_event=events) as src:
             indices = [f.meta.frame_index for f in src.frames()]
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
-    assert [k for k, _ in events] == ["reconnect"]
-    assert uri in events[0][1]
+    assert events.kinds() == ["stream_lost", "reconnect", "stream_restored"]
+    assert uri in events.items[0][1]
+    assert events.items[0][2] == events.items[2][2] - 1  # the last frame before, the first after
     assert len(requests) == 2
     assert indices == list(range(len(indices)))  # frame indices go on across the reconnect
     assert len(indices) > 795  # the frames before the drop, then the whole file again
@@ -166,15 +204,14 @@ def test_live_stream_that_ends_is_a_drop_reconnected_then_given_up(tmp_path: Pat
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    events: list[str] = []
+    events = Events()
     frames = 0
     uri = f"tcp://127.0.0.1:{port}"
-    src = PyAVSource(uri, reconnect_attempts=1, reconnect_backoff_s=0.0, open_timeout_s=2.0,
-                     on_event=lambda k, m: events.append(k))
-    with pytest.raises(SourceError, match=r"gave up after 1 reconnect"), src:
+    src = PyAVSource(uri, reconnect_attempts=1, reconnect_backoff_s=0.0, open_timeout_s=2.0, on_event=events)
+    with pytest.raises(SourceError, match=r"not back after 1 reconnect attempts"), src:
         for _ in src.frames():
             frames += 1
     thread.join(5)
     assert served == [0, 1]
-    assert events == ["reconnect", "reconnect"]
+    assert events.kinds() == ["stream_lost", "reconnect", "stream_restored", "stream_lost", "reconnect"]
     assert frames > 40  # frames of both connections were delivered before the end
