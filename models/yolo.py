@@ -34,13 +34,20 @@ __all__ = [
     "HeadName",
     "TensorDetections",
     "YoloAdapter",
+    "YoloSettings",
     "check_head_shapes",
     "decode_e2e",
+    "decode_head",
     "decode_masks",
     "decode_v8",
     "detect_head",
+    "frame_detections",
+    "mask_taps",
     "nms",
+    "person_rows",
+    "select_outputs",
     "to_frame_detections",
+    "visible_frame_boxes",
 ]
 
 HeadName = Literal["v8_detect", "v8_seg", "e2e_detect", "e2e_seg"]
@@ -433,6 +440,58 @@ def _to_host(a: Any) -> NDArray[Any]:
     return arr.astype(np.float32) if arr.dtype == np.float16 else arr
 
 
+@dataclass(frozen=True, slots=True)
+class YoloSettings:
+    """What the YOLO adapters (NumPy and GPU) read from ``ModelConfig``."""
+
+    head: HeadName | Literal["auto"]
+    person_classes: tuple[int, ...]
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> YoloSettings:
+        return cls(cfg.head, tuple(cfg.person_classes), cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+
+
+def select_outputs(outputs: Mapping[str, Any], pre: PreprocessOutput, head: HeadName | Literal["auto"]) -> tuple[HeadName, Any, Any]:
+    """(head, prediction output, protos output or None) of a model's outputs (NumPy or CuPy).
+
+    ``head`` ``auto`` is read from the shapes (:func:`detect_head`). Raises ``ModelLoadError`` when
+    the shapes do not fit the head or the batch is not the plan's tensor count.
+    """
+    shapes = {name: tuple(a.shape) for name, a in outputs.items()}
+    found: HeadName = detect_head(shapes) if head == "auto" else head
+    pred_name, protos_name = check_head_shapes(found, shapes)
+    pred = outputs[pred_name]
+    if pred.shape[0] != pre.plan.count:
+        raise ModelLoadError(
+            f"YOLO output {pred_name!r} has batch {pred.shape[0]} for {pre.plan.count} input tensors "
+            f"(spec {pre.spec_name!r}); expected shape [{pre.plan.count}, ...]"
+        )
+    return found, pred, (outputs[protos_name] if protos_name else None)
+
+
+def person_rows(person_classes: Sequence[int], pred_shape: Shape, seg: bool) -> NDArray[np.int64]:
+    """Rows of a v8 prediction ``[B, 4+nc(+32), A]`` that hold person class scores."""
+    nc = int(pred_shape[1] or 0) - 4 - (NUM_MASK_COEFS if seg else 0)
+    return 4 + np.nonzero(_person_lut(person_classes, nc, f"a v8 head of shape {list(pred_shape)}"))[0]
+
+
+def decode_head(head: HeadName, pred: NDArray[np.floating], protos: Any, s: YoloSettings) -> TensorDetections:
+    """:func:`decode_v8` or :func:`decode_e2e` with the settings; ``protos`` only says seg or not."""
+    if head.startswith("v8"):
+        return decode_v8(
+            pred, protos, person_classes=s.person_classes, score_threshold=s.score_threshold,
+            iou_threshold=s.iou_threshold, max_detections=s.max_detections,
+        )  # fmt: skip
+    return decode_e2e(
+        pred, protos, person_classes=s.person_classes, score_threshold=s.score_threshold,
+        max_detections=s.max_detections,
+    )  # fmt: skip
+
+
 class YoloAdapter:
     """``decode(outputs, pre) -> Detections``: a YOLO model's raw outputs on one preprocessed input.
 
@@ -443,34 +502,42 @@ class YoloAdapter:
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
-        self.head = cfg.head
-        self.person_classes = tuple(cfg.person_classes)
-        self.score_threshold = cfg.score_threshold
-        self.iou_threshold = cfg.iou_threshold
-        self.max_detections = cfg.max_detections
+        self.settings = YoloSettings.from_config(cfg)
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> Detections:
         host = {name: _to_host(a) for name, a in outputs.items()}
-        shapes = {name: a.shape for name, a in host.items()}
-        head = detect_head(shapes) if self.head == "auto" else self.head
-        pred_name, protos_name = check_head_shapes(head, shapes)
-        pred, protos = host[pred_name], (host[protos_name] if protos_name else None)
-        if pred.shape[0] != pre.plan.count:
-            raise ModelLoadError(
-                f"YOLO output {pred_name!r} has batch {pred.shape[0]} for {pre.plan.count} input tensors "
-                f"(spec {pre.spec_name!r}); expected shape [{pre.plan.count}, ...]"
-            )
-        if head.startswith("v8"):
-            tdets = decode_v8(
-                pred, protos, person_classes=self.person_classes, score_threshold=self.score_threshold,
-                iou_threshold=self.iou_threshold, max_detections=self.max_detections,
-            )
-        else:
-            tdets = decode_e2e(
-                pred, protos, person_classes=self.person_classes, score_threshold=self.score_threshold,
-                max_detections=self.max_detections,
-            )
-        return to_frame_detections(tdets, protos, pre.plan)
+        head, pred, protos = select_outputs(host, pre, self.settings.head)
+        return to_frame_detections(decode_head(head, pred, protos, self.settings), protos, pre.plan)
+
+
+def visible_frame_boxes(tdets: TensorDetections, plan: PreprocessPlan) -> tuple[TensorDetections, NDArray[np.float32]]:
+    """The detections whose box keeps an area in the frame, and their boxes in frame pixels.
+
+    Boxes are mapped to the frame and clipped to it; a box left with no area (wholly in letterbox
+    padding or off the frame) is dropped. The one box filter of both YOLO adapters.
+    """
+    xyxy = plan.tensor_to_frame(tdets.xyxy, tdets.image)
+    visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    if visible.all():
+        return tdets, xyxy
+    keep = np.nonzero(visible)[0]
+    return tdets.take(keep), xyxy[keep]
+
+
+def frame_detections(
+    tdets: TensorDetections,
+    xyxy: NDArray[np.float32],
+    plan: PreprocessPlan,
+    masks: tuple[Any, ...] | None = None,
+    mask_xyxy: NDArray[np.int32] | None = None,
+) -> Detections:
+    """``Detections`` of ``tdets`` with frame boxes ``xyxy``; ``source`` from the plan (the global
+    source for a letterbox, else the tile index)."""
+    source = (
+        np.full(len(tdets), GLOBAL_SOURCE, np.int32) if plan.kind == "letterbox" else tdets.image.astype(np.int32)
+    )
+    return Detections(xyxy=xyxy, score=tdets.score, class_id=tdets.class_id, source=source,
+                      masks=masks, mask_xyxy=mask_xyxy)  # fmt: skip
 
 
 def to_frame_detections(
@@ -478,19 +545,10 @@ def to_frame_detections(
 ) -> Detections:
     """Map tensor-pixel detections to frame ``Detections`` (boxes, source, masks when ``protos``).
 
-    Boxes are clipped to the frame; a box left with no area (wholly in letterbox padding or off
-    the frame) is dropped.
+    Boxes are clipped to the frame; a box left with no area is dropped (:func:`visible_frame_boxes`).
     """
-    xyxy = plan.tensor_to_frame(tdets.xyxy, tdets.image)
-    visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # boxes wholly in padding vanish
-    if not visible.all():
-        keep = np.nonzero(visible)[0]
-        tdets, xyxy = tdets.take(keep), xyxy[keep]
-    source = (
-        np.full(len(tdets), GLOBAL_SOURCE, np.int32) if plan.kind == "letterbox" else tdets.image.astype(np.int32)
-    )
-    masks, mask_xyxy = (None, None)
-    if protos is not None:
-        masks, mask_xyxy = decode_masks(tdets, protos, plan, xyxy)
-    return Detections(xyxy=xyxy, score=tdets.score, class_id=tdets.class_id, source=source,
-                      masks=masks, mask_xyxy=mask_xyxy)
+    tdets, xyxy = visible_frame_boxes(tdets, plan)
+    if protos is None:
+        return frame_detections(tdets, xyxy, plan)
+    masks, mask_xyxy = decode_masks(tdets, protos, plan, xyxy)
+    return frame_detections(tdets, xyxy, plan, masks, mask_xyxy)

@@ -12,21 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from config.errors import ModelLoadError
 from config.schema import ModelConfig
 from gpu.postprocess import assemble_masks, compact_e2e, compact_v8
 from models.yolo import (
-    NUM_MASK_COEFS,
+    YoloSettings,
     _integer_rects,
-    _person_lut,
-    check_head_shapes,
-    decode_e2e,
-    decode_v8,
-    detect_head,
+    decode_head,
+    frame_detections,
     mask_taps,
-    to_frame_detections,
+    person_rows,
+    select_outputs,
+    visible_frame_boxes,
 )
 from pipeline.types import Detections, PreprocessOutput
 
@@ -35,45 +31,19 @@ class GpuYoloAdapter:
     """``decode(outputs, pre) -> Detections`` for CuPy outputs (see the module docstring)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        self.head = cfg.head
-        self.person_classes = tuple(cfg.person_classes)
-        self.score_threshold = cfg.score_threshold
-        self.iou_threshold = cfg.iou_threshold
-        self.max_detections = cfg.max_detections
+        self.settings = YoloSettings.from_config(cfg)
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> Detections:
-        shapes = {name: tuple(a.shape) for name, a in outputs.items()}
-        head = detect_head(shapes) if self.head == "auto" else self.head
-        pred_name, protos_name = check_head_shapes(head, shapes)
-        pred, protos = outputs[pred_name], (outputs[protos_name] if protos_name else None)
-        plan = pre.plan
-        if pred.shape[0] != plan.count:
-            raise ModelLoadError(
-                f"YOLO output {pred_name!r} has batch {pred.shape[0]} for {plan.count} input tensors (spec {pre.spec_name!r})"
-            )
+        s = self.settings
+        head, pred, protos = select_outputs(outputs, pre, s.head)
         if head.startswith("v8"):
-            nc = pred.shape[1] - 4 - (NUM_MASK_COEFS if protos is not None else 0)
-            lut = _person_lut(self.person_classes, nc, f"a v8 head of shape {list(pred.shape)}")
-            small = compact_v8(pred, 4 + np.nonzero(lut)[0], self.score_threshold)
-            tdets = decode_v8(
-                small, protos, person_classes=self.person_classes, score_threshold=self.score_threshold,
-                iou_threshold=self.iou_threshold, max_detections=self.max_detections,
-            )  # fmt: skip
+            small = compact_v8(pred, person_rows(s.person_classes, pred.shape, protos is not None), s.score_threshold)
         else:
-            small = compact_e2e(pred, self.score_threshold)
-            tdets = decode_e2e(
-                small, protos, person_classes=self.person_classes, score_threshold=self.score_threshold,
-                max_detections=self.max_detections,
-            )  # fmt: skip
-        # Boxes, clipping and the dropping of invisible boxes exactly as the NumPy path does.
-        dets = to_frame_detections(tdets, None, plan)
+            small = compact_e2e(pred, s.score_threshold)
+        plan = pre.plan
+        tdets, xyxy = visible_frame_boxes(decode_head(head, small, protos, s), plan)
         if protos is None:
-            return dets
-        xyxy_all = plan.tensor_to_frame(tdets.xyxy, tdets.image)
-        keep = np.nonzero((xyxy_all[:, 2] > xyxy_all[:, 0]) & (xyxy_all[:, 3] > xyxy_all[:, 1]))[0]
-        if len(keep) != len(dets):
-            raise RuntimeError("models.yolo.to_frame_detections changed its box filter; update GpuYoloAdapter")
-        tdets, xyxy = tdets.take(keep), dets.xyxy
+            return frame_detections(tdets, xyxy, plan)
         rects = _integer_rects(xyxy, plan.frame_wh)
         masks: tuple[Any, ...] = ()
         if len(tdets):
@@ -81,6 +51,4 @@ class GpuYoloAdapter:
             _, _, ph, pw = protos.shape
             tx, ty = mask_taps(rects, xyxy, tdets.image, plan, (ph, pw))
             masks = assemble_masks(protos, tdets.image, tdets.coef, ty, tx)
-        return Detections(
-            xyxy=xyxy, score=dets.score, class_id=dets.class_id, source=dets.source, masks=masks, mask_xyxy=rects
-        )
+        return frame_detections(tdets, xyxy, plan, masks, rects)
