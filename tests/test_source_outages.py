@@ -285,9 +285,9 @@ def test_a_limit_on_reconnects_gives_up_naming_the_url_and_the_fix() -> None:
     events = Events()
     waits: list[float] = []
     src = PyAVSource(uri, reconnect_attempts=2, on_event=events, sleep=waits.append, rand=lambda: 0.0)
-    with pytest.raises(SourceError, match=rf"{uri}: stream lost and not back after 2 reconnect attempts.*reconnect_attempts"):
-        with src:
-            next(iter(src.frames()))
+    fix = rf"{uri}: stream lost and not back after 2 reconnect attempts.*reconnect_attempts"
+    with pytest.raises(SourceError, match=fix), src:
+        next(iter(src.frames()))
     assert events.kinds() == ["stream_lost", "reconnect", "reconnect"]
     assert waits == [0.5, 1.0]
 
