@@ -218,7 +218,7 @@ def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) ->
     if not branches or runs <= 0:
         return 0.0
     t0 = time.perf_counter()
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda *_a, **_k: None, ring_depth=gpu_ring_depth(cfg))
     with source as src:
         frame = next(iter(src.frames()), None)
         if frame is None:

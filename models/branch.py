@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -87,24 +87,17 @@ def _tile_rects(pre: PreprocessOutput) -> NDArray[np.float32] | None:
     return None if pre.plan.kind == "letterbox" else pre.plan.content_rects().astype(np.float32)
 
 
+@dataclass(eq=False, slots=True)
 class ModelBranch:
     """``run(frame) -> BranchResult`` for one input spec and one adapter (detections or density).
     Errors: see :func:`run_branch`."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        preprocessor: Preprocessor,
-        runner: ModelRunner,
-        adapter: ModelAdapter,
-        every_n_frames: int = 1,
-    ) -> None:
-        self.name = name
-        self.preprocessor = preprocessor
-        self.runner = runner
-        self.adapter = adapter
-        self.every_n_frames = every_n_frames
+    name: str
+    _: KW_ONLY
+    preprocessor: Preprocessor
+    runner: ModelRunner
+    adapter: ModelAdapter
+    every_n_frames: int = 1
 
     def run(self, frame: Frame) -> BranchResult:
         return run_branch(self.name, frame, self.preprocessor.run, self._infer, self._decode)
@@ -200,6 +193,7 @@ class RollingDensityBranch:
         self.runner.backend.close()
 
 
+@dataclass(eq=False, slots=True)
 class OneCallYoloBranch:
     """The global letterbox and the tiles of a frame through the model in ONE call (e.g. a batch
     of 1 + 32 = 33), then decoded per spec: one launch sequence instead of two, and the detector's
@@ -210,20 +204,12 @@ class OneCallYoloBranch:
     the GPU).
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        prepare: Callable[[Frame], list[PreprocessOutput]],
-        runner: ModelRunner,
-        adapter: ModelAdapter,
-        every_n_frames: int = 1,
-    ) -> None:
-        self.name = name
-        self.prepare = prepare
-        self.runner = runner
-        self.adapter = adapter
-        self.every_n_frames = every_n_frames
+    name: str
+    _: KW_ONLY
+    prepare: Callable[[Frame], list[PreprocessOutput]]
+    runner: ModelRunner
+    adapter: ModelAdapter
+    every_n_frames: int = 1
 
     def run(self, frame: Frame) -> BranchResult:
         return run_branch(self.name, frame, self._prepare, self._infer, self._decode)
