@@ -11,7 +11,7 @@ concurrently) unless the caller passes one to share. Inputs made on another stre
 before the model by an event (GPU-side wait, no host block). With ``synchronize=False`` the run
 skips ORT's end-of-run stream synchronisation (run option
 ``disable_synchronize_execution_providers``), so ``run`` returns once the work is enqueued and
-:meth:`CudaPending.wait` waits on an event; with ``True`` ORT blocks as usual.
+:meth:`gpu.events.EventPending.wait` waits on an event; with ``True`` ORT blocks as usual.
 
 Output ownership: every call returns fresh arrays (pool memory) that belong to the caller.
 ``provider_options`` add CUDA EP options (e.g. ``{"use_tf32": "0"}`` for strict float32; the
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from config.errors import ModelLoadError
+from gpu.events import EventPending
 from gpu.imports import require
 from pipeline.protocols import TensorInfo
 
@@ -74,24 +75,6 @@ def _create_priority_stream(flags: int, priority: str) -> int | None:
         return None
     log.info("CUDA stream with priority %s (%d; range %d..%d)", priority, level, least, greatest)
     return int(stream)
-
-
-class CudaPending:
-    """Outputs of an enqueued ORT CUDA run; ``wait()`` blocks on the run's completion event."""
-
-    __slots__ = ("_event", "_inputs", "_outputs")
-
-    def __init__(self, outputs: dict[str, Any], event: Any, inputs: Mapping[str, Any]) -> None:
-        self._outputs = outputs
-        self._event = event
-        # Input memory must outlive the run: pool memory freed early could be reused by the caller's stream.
-        self._inputs: Mapping[str, Any] | None = inputs
-
-    def wait(self) -> dict[str, Any]:
-        if self._event is not None:
-            self._event.synchronize()
-        self._inputs = None
-        return self._outputs
 
 
 class CudaBinding:
@@ -163,7 +146,7 @@ class CudaBinding:
             key.append(tuple(arr.shape))
         return tuple(key)
 
-    def run(self, inputs: Mapping[str, Any]) -> CudaPending:
+    def run(self, inputs: Mapping[str, Any]) -> EventPending:
         """Enqueue the model on ``inputs`` (CuPy arrays); outputs are fresh CuPy arrays."""
         cp = self._cp
         with cp.cuda.Device(self.device_id):
@@ -185,7 +168,7 @@ class CudaBinding:
                     outs[o.name] = arr
             self._session.run_with_iobinding(self._io, self._run_options)
             event = None if self._synchronize else self.stream.record()
-            return CudaPending(outs, event, inputs)
+            return EventPending(outs, event, inputs)
 
     def _discover(self, key: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int, ...]]:
         """One run with ORT-allocated outputs to learn the output shapes of this input shape."""

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from config.errors import GpuUnavailableError, ModelLoadError
+from gpu.events import EventPending
 from gpu.imports import require
 from models.trt_runtime import SWITCH, engine_path_for, import_tensorrt, trt_runtime
 from pipeline.protocols import TensorInfo
@@ -59,22 +60,6 @@ def load_engine(path: str | Path) -> Any:
                 )
             _engines[key] = engine
         return engine
-
-
-class TrtPending:
-    """Enqueued TensorRT work; ``wait()`` blocks on its completion event."""
-
-    __slots__ = ("_event", "_inputs", "_outputs")
-
-    def __init__(self, outputs: dict[str, Any], event: Any, inputs: Mapping[str, Any]) -> None:
-        self._outputs = outputs
-        self._event = event
-        self._inputs: Mapping[str, Any] | None = inputs  # keep input memory alive until done
-
-    def wait(self) -> dict[str, Any]:
-        self._event.synchronize()
-        self._inputs = None
-        return self._outputs
 
 
 class _Graph:
@@ -163,7 +148,7 @@ class TensorRTBackend:
             graph = self.stream.end_capture()
         return _Graph(graph, ins, outs)
 
-    def enqueue(self, inputs: Mapping[str, Any]) -> TrtPending:
+    def enqueue(self, inputs: Mapping[str, Any]) -> EventPending:
         cp = self._cp
         with cp.cuda.Device(self.device_id):
             caller = cp.cuda.get_current_stream()
@@ -189,7 +174,7 @@ class TensorRTBackend:
                 else:
                     outs = {o.name: cp.empty(out_shapes[o.name], dtype=o.dtype) for o in self.outputs}
                     self._execute(arrays, outs)
-            return TrtPending(outs, self.stream.record(), inputs)
+            return EventPending(outs, self.stream.record(), inputs)
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return self.enqueue(inputs).wait()
