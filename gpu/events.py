@@ -1,4 +1,5 @@
-"""Enqueued GPU work and its outputs, waited for on a CUDA event (no CUDA import here)."""
+"""CUDA stream/event helpers of the GPU backends: enqueued work waited for on an event, and
+ordering a stream after the caller's. CuPy is imported only inside the functions."""
 
 from __future__ import annotations
 
@@ -26,3 +27,13 @@ class EventPending:
             self._event.synchronize()
         self._inputs = None
         return self._outputs
+
+
+def follow_caller(stream: Any) -> None:
+    """Order the work enqueued next on ``stream`` after all the caller's current stream has
+    enqueued so far (inputs written there), with an event: a wait on the GPU, not the host."""
+    import cupy
+
+    caller = cupy.cuda.get_current_stream()
+    if caller.ptr != stream.ptr:
+        stream.wait_event(caller.record())

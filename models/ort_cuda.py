@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from config.errors import ModelLoadError
-from gpu.events import EventPending
+from gpu.events import EventPending, follow_caller
 from gpu.imports import require
 from pipeline.protocols import TensorInfo
 
@@ -150,10 +150,7 @@ class CudaBinding:
         """Enqueue the model on ``inputs`` (CuPy arrays); outputs are fresh CuPy arrays."""
         cp = self._cp
         with cp.cuda.Device(self.device_id):
-            caller = cp.cuda.get_current_stream()
-            if caller.ptr != self.stream.ptr:
-                # inputs were written on the caller's stream: order the model after them on the GPU
-                self.stream.wait_event(caller.record())
+            follow_caller(self.stream)  # inputs were written on the caller's stream
             key = self._bind_inputs(inputs)
             shapes = self._out_shapes.get(key)
             if shapes is None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from config.errors import GpuUnavailableError, ModelLoadError
-from gpu.events import EventPending
+from gpu.events import EventPending, follow_caller
 from gpu.imports import require
 from models.trt_runtime import SWITCH, engine_path_for, import_tensorrt, trt_runtime
 from pipeline.protocols import TensorInfo
@@ -151,9 +151,7 @@ class TensorRTBackend:
     def enqueue(self, inputs: Mapping[str, Any]) -> EventPending:
         cp = self._cp
         with cp.cuda.Device(self.device_id):
-            caller = cp.cuda.get_current_stream()
-            if caller.ptr != self.stream.ptr:
-                self.stream.wait_event(caller.record())
+            follow_caller(self.stream)
             arrays = {}
             for info in self.inputs:
                 arr = inputs[info.name]
