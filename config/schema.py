@@ -48,7 +48,7 @@ class StreamConfig(_Strict):
     reconnect_backoff_s: float = Field(
         1.0, ge=0, description="First wait before a reconnect, seconds; doubled per attempt, with jitter."
     )
-    reconnect_backoff_max_s: float = Field(10.0, ge=0, description="Longest wait between reconnects, seconds.")
+    reconnect_backoff_max_s: float = Field(5.0, ge=0, description="Longest wait between reconnects, seconds.")
     open_timeout_s: float = Field(10.0, gt=0, description="Timeout to open a network stream, seconds.")
     stall_timeout_s: float = Field(
         10.0,

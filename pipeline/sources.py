@@ -151,7 +151,7 @@ class PyAVSource:
         loop: bool = False,
         reconnect_attempts: int | None = None,
         reconnect_backoff_s: float = 1.0,
-        reconnect_backoff_max_s: float = 10.0,
+        reconnect_backoff_max_s: float = 5.0,
         open_timeout_s: float = 10.0,
         stall_timeout_s: float = 10.0,
         on_event: EventCallback = ignore_event,
