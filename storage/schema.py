@@ -2,9 +2,17 @@
 
 Tables (one database holds many runs):
 
-- ``runs``: one row per run. ``status`` is ``running`` until ``end_run`` (or ``interrupted`` when
-  the writer closes a run nobody ended). ``config_json``/``versions_json``/``summary_json`` are
-  JSON objects.
+- ``runs``: one row per run. ``status`` is free text (nothing in the schema restricts it); the
+  program writes ``running`` while the run goes on, then one of :data:`RUN_STATUSES`:
+  ``completed`` (the stream ended or ``max_frames`` was reached), ``completed_with_errors`` (it
+  ended, but errors were recorded on the way), ``failed`` (a stage failed), ``interrupted``
+  (Ctrl-C, or the writer closed a run nobody ended), ``terminated`` (SIGTERM), ``aborted`` (the
+  process died, e.g. kill -9 or power loss, and a later writer found the run still ``running``;
+  ``ended_at`` is then the ``published_at`` of its last stored frame, or ``started_at``).
+  ``pid``/``host``/``proc_start`` name the process that writes the run (``proc_start``: the
+  process start time in clock ticks since boot, from ``/proc``, NULL where unknown) so that a
+  later writer can tell a dead run from a live one. ``config_json``/``versions_json``/
+  ``summary_json`` are JSON objects.
 - ``frames``: one row per published ``FusedResult``. ``partial`` is 0/1; ``density_count`` is
   NULL when the frame had no density map; ``region_source`` is the JSON (rows, cols) grid of the
   hybrid decision (1 = density, 0 = detections); ``zones_json`` maps zone to fused count;
@@ -12,17 +20,26 @@ Tables (one database holds many runs):
 - ``frame_timings``: long format, one row per (frame, stage), so a new stage needs no migration.
   ``stage`` is the telemetry name (``decode_ms``) and ``ms`` its value.
 - ``events``: things that happened during a run (``error``, ``reconnect``, ``strategy_switch``,
-  ``drop``, ``stall``, ...), with an optional frame and a JSON ``data_json`` object.
+  ``drop``, ``stall``, ...), with an optional frame and a JSON ``data_json`` object. The writer
+  adds its own: ``storage_blocked``/``storage_resumed``/``storage_dropped`` (the database could
+  not be written for a while, see ``storage.writer``), ``spill_recovered`` (rows a dead writer
+  left in a spill file, written back) and ``run_aborted`` (a dead process's run, closed).
 
 Timestamps (``started_at``, ``ended_at``, ``published_at``, ``ts``) are UTC ISO-8601 strings with
 microseconds and ``+00:00`` (``2024-05-01T12:00:00.000000+00:00``), all in that one format so that
 comparing strings compares times. ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`.
+
+Migrations: version 2 added ``runs.pid``, ``runs.host`` and ``runs.proc_start``. Opening a version
+1 database adds the missing columns (``ALTER TABLE ... ADD COLUMN``, NULL in old rows) and stamps
+version 2; a newer version than this program's is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +51,10 @@ from sqlite_utils import Database
 
 from config.errors import StorageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+RUN_STATUSES = ("completed", "completed_with_errors", "failed", "interrupted", "terminated", "aborted")
+"""The end statuses of a run (documentation: ``end_run`` stores any string)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,10 @@ TABLES: dict[str, TableSpec] = {
             "config_json": str,
             "versions_json": str,
             "summary_json": str,
+            # version 2: who writes the run (crash recovery); added last so ALTER TABLE matches
+            "pid": int,
+            "host": str,
+            "proc_start": str,
         },
         pk="id",
         not_null=("started_at", "status"),
@@ -115,26 +139,35 @@ def write_transaction(db: Database) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        db.rollback()
+        # After a full disk or an I/O error SQLite may already have rolled back, or the rollback
+        # itself fails: the original error is the one to report.
+        with contextlib.suppress(sqlite3.Error):
+            db.rollback()
         raise
     db.commit()
 
 
 def create_schema(db: Database) -> None:
-    """Create missing tables and indexes and stamp :data:`SCHEMA_VERSION`.
+    """Create missing tables, columns and indexes and stamp :data:`SCHEMA_VERSION`.
 
-    The final ``PRAGMA user_version`` write doubles as a check that the file is writable.
-    Raises ``StorageError`` for a database made by another schema version.
+    An older database (version 1) gets the columns it lacks. The final ``PRAGMA user_version``
+    write doubles as a check that the file is writable. Raises ``StorageError`` for a database
+    made by a newer schema version.
     """
     with write_transaction(db):
         found = db.execute("PRAGMA user_version").fetchone()[0]
-        if found not in (0, SCHEMA_VERSION):
+        if not 0 <= found <= SCHEMA_VERSION:
             raise StorageError(
                 f"schema version {found}, this program writes version {SCHEMA_VERSION}; "
                 "use a new database file (--db PATH or storage.db_path)"
             )
         for name, spec in TABLES.items():
             table = db.table(name)
+            if table.exists():
+                have = {c.name for c in table.columns}
+                for column, kind in spec.columns.items():
+                    if column not in have:
+                        table.add_column(column, kind)
             table.create(
                 dict(spec.columns),
                 pk=spec.pk,

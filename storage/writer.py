@@ -2,17 +2,48 @@
 
 The pipeline thread calls :meth:`SqliteWriter.write` once per published ``FusedResult``. ``write``
 turns the result into rows at once (so no image or array is kept alive by the queue), stamps
-``published_at``, and puts the rows on a bounded queue; the writer thread inserts them in batches
-(``batch_size`` items or ``flush_interval_s`` after the oldest waiting one, whichever comes first),
-each batch one transaction, in WAL mode so readers (the UI's history charts, exports) never block
-it.
+``published_at``, and puts the rows on the writer's inbox; the writer thread inserts them in
+batches (``batch_size`` items, or ``flush_interval_s`` after the oldest waiting one, whichever
+comes first), each batch one transaction, in WAL mode so readers (the UI's history charts,
+exports) never block it. On a healthy database a row is therefore committed within
+``flush_interval_s`` (plus one batch's insert time) of its ``write``: that bounds what a kill -9
+loses.
 
-Nothing is dropped. When the queue is full ``write`` waits, up to ``put_timeout_s``, and counts the
-wait (:meth:`SqliteWriter.stats`); if the writer still cannot keep up it raises ``StorageError``.
-A failure in the writer thread is kept and raised as ``StorageError`` by the next ``write``,
-``event``, ``start_run``, ``end_run`` or ``close``. ``close`` writes everything queued before it
-returns; call it from ``finally`` (or use the writer as a context manager) so that a
-``KeyboardInterrupt`` loses nothing.
+Storage faults never stop counting. A locked database (another process holds the write lock
+longer than ``busy_timeout_s``), a full disk or an I/O error is retried with exponential backoff
+(``retry_initial_s``, doubling, at most ``retry_max_s``) while the rows wait, in order:
+
+1. in memory, up to ``spool_rows`` rows;
+2. beyond that, the oldest go to a spill file of JSON lines,
+   ``<spill_dir>/<db name>.spill.<pid>.<n>@<host>.jsonl`` (``spill_dir`` defaults to the database's
+   folder; choose another file system if the database's disk may fill up);
+3. when the spill file cannot be written either (the same full disk), rows stay in memory up to
+   ``max_memory_rows``; frame rows beyond that are dropped, counted, logged and reported by a
+   ``storage_dropped`` event: never silently. Events and run ends are never dropped.
+
+When the database works again the spill file is written back first, then the memory, in order;
+the file is removed. A fault is reported by events, stored with the rows once the database works:
+``storage_blocked`` (data: ``reason`` = ``locked`` / ``disk_full`` / ``io_error``, ``error`` the
+SQLite or OS message, ``pending_rows``) and ``storage_resumed`` (data: ``reason``, ``blocked_s``,
+``retries``, ``spooled`` = rows that waited, ``spilled`` = of those, rows that went through the
+spill file, ``dropped``), each also logged as a warning on the ``people_counter.storage`` logger.
+``write`` waits only while the inbox holds ``queue_size`` rows (the writer thread is inside one
+slow SQLite call), at most ``put_timeout_s``, and then goes on: it never raises for a slow or
+locked database.
+
+Crash recovery: every run row records ``pid``, ``host`` and ``proc_start``. When a writer starts
+it writes back the spill files that dead writers of this host left for this database
+(``spill_recovered`` event) and marks ``aborted`` every run left ``running`` by a process of this
+host that is gone (see :func:`process_alive`), with ``ended_at`` = its last stored frame's
+``published_at`` (or ``started_at``) and a ``run_aborted`` event. Runs of other hosts are left
+alone.
+
+Any other failure in the writer thread (a constraint, a corrupt file) is kept and raised as
+``StorageError`` by the next ``write``, ``event``, ``start_run``, ``end_run`` or ``close``.
+``close`` writes everything queued before it returns; call it from ``finally`` (or use the writer
+as a context manager) so that a ``KeyboardInterrupt`` loses nothing. If the database is still
+blocked at ``close``'s timeout the rows go to the spill file (written back by the next writer on
+this database) and ``close`` raises ``StorageError`` saying so.
 
 Usage::
 
@@ -25,13 +56,19 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import logging
 import os
-import queue
+import re
+import socket
+import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,43 +146,251 @@ def frame_rows(result: FusedResult, run_id: int, published_at: str) -> tuple[dic
     )
 
 
+# --- faults worth waiting for, and who is alive ------------------------------------------------
+
+_LOCKED_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_FULL_CODES = frozenset({13})  # SQLITE_FULL
+_IO_CODES = frozenset({10, 14})  # SQLITE_IOERR, SQLITE_CANTOPEN
+
+
+def fault_reason(error: BaseException) -> str | None:
+    """``locked``, ``disk_full`` or ``io_error`` for a fault that may pass (retry it); None otherwise.
+
+    A constraint, a corrupt file or a bug is not retried: the writer fails with it.
+    """
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None:
+            primary = code & 0xFF  # extended codes (SQLITE_IOERR_WRITE, ...) keep the primary in the low byte
+            if primary in _LOCKED_CODES:
+                return "locked"
+            if primary in _FULL_CODES:
+                return "disk_full"
+            return "io_error" if primary in _IO_CODES else None
+        text = str(error).lower()
+        if "locked" in text or "busy" in text:
+            return "locked"
+        if "database or disk is full" in text:
+            return "disk_full"
+        return "io_error" if "disk i/o error" in text else None
+    if isinstance(error, OSError):
+        return "disk_full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "io_error"
+    return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of ``pid`` from ``/proc``; None where unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and ')'
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (``/proc/<pid>/stat`` field 22), to tell a reused pid apart; None where unknown."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def process_alive(pid: int, proc_start: str | None = None) -> bool:
+    """Whether process ``pid`` of this host still runs (and, given ``proc_start``, is the same process).
+
+    ``os.kill(pid, 0)`` raising ``ProcessLookupError`` means gone; a zombie (killed, not yet
+    reaped) is gone too; a live pid whose start time differs from ``proc_start`` was reused by
+    another process.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, start = stat
+    if state in ("Z", "X"):
+        return False
+    return proc_start is None or start == proc_start
+
+
+def abort_dead_runs(
+    db: Database, host: str, clock: Callable[[], datetime], alive: Callable[[int, str | None], bool] = process_alive
+) -> list[dict[str, Any]]:
+    """Mark ``aborted`` the runs left ``running`` by a process of ``host`` that is gone; returns them.
+
+    ``ended_at`` becomes the ``published_at`` of the run's last stored frame (``started_at`` when
+    it has none); each gets a ``run_aborted`` event stamped ``clock()``. A run of another host, or one without a pid
+    (written before schema version 2), is left alone: nothing here can tell whether it is alive.
+    """
+    found = db.execute("SELECT id, pid, host, proc_start, started_at FROM runs WHERE status = 'running'").fetchall()
+    aborted = []
+    for run_id, pid, run_host, proc_start, started_at in found:
+        if pid is None or run_host != host or alive(int(pid), proc_start):
+            continue
+        last, frames = db.execute(
+            "SELECT MAX(published_at), COUNT(*) FROM frames WHERE run_id = ?", [run_id]
+        ).fetchone()
+        ended_at = last or started_at
+        info = {"run_id": run_id, "pid": pid, "host": run_host, "ended_at": ended_at, "frames": frames}
+        message = (
+            f"run {run_id} was left running by process {pid} on {run_host}, which is gone; "
+            f"marked aborted at its last stored frame ({ended_at}, {frames} frames)"
+        )
+        with write_transaction(db):
+            db.table("runs").update(run_id, {"status": "aborted", "ended_at": ended_at})
+            db.table("events").insert(
+                {"run_id": run_id, "ts": utc_iso(clock()), "kind": "run_aborted", "message": message, "data_json": to_json(info)}
+            )
+        log.warning("%s", message)
+        aborted.append(info)
+    return aborted
+
+
 # --- queue items -------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _Rows:
-    """Rows to insert; ``enqueued`` is ``time.monotonic()`` at ``put``, the start of its flush deadline."""
+    """Rows to insert (``frames``, ``events``) or a run's end (``run_end``: one ``runs`` update).
+
+    ``enqueued`` is ``time.monotonic()`` at ``put``, the start of its flush deadline.
+    """
 
     table: str
     rows: list[dict[str, Any]]
     timings: list[dict[str, Any]] = field(default_factory=list)
     enqueued: float = 0.0
 
+    def to_line(self) -> str:
+        return json.dumps({"table": self.table, "rows": self.rows, "timings": self.timings}, separators=(",", ":"))
+
+    @staticmethod
+    def from_line(line: str) -> _Rows:
+        item = json.loads(line)
+        return _Rows(item["table"], item["rows"], item["timings"])
+
 
 @dataclass(slots=True)
 class _Call:
-    """Run ``fn(db)`` in the writer thread after flushing what came before; answer through ``future``."""
+    """Run ``fn(db)`` in the writer thread after writing what came before; answer through ``future``.
+
+    A caller that stops waiting cancels ``future``; the writer then skips ``fn``.
+    """
 
     fn: Callable[[Database], Any]
     future: Future[Any]
 
 
+@dataclass(slots=True)
 class _Stop:
-    """Sentinel: flush and end the writer thread."""
+    """Sentinel: write everything, then end the writer thread; give up at ``deadline`` (monotonic)."""
+
+    deadline: float
 
 
-_STOP = _Stop()
 _QueueItem = _Rows | _Call | _Stop
+
+_SPILL_NAME = re.compile(r"^(?P<db>.+)\.spill\.(?P<pid>\d+)\.(?P<seq>\d+)@(?P<host>.+)\.jsonl$")
+_active_spills: set[Path] = set()  # spill files of live writers in this process
+_active_lock = threading.Lock()
+_spill_seq = iter(range(1, 1 << 62))
+
+
+class _SpillFile:
+    """Rows waiting for the database on disk, JSON lines, oldest first; the writer thread's alone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0  # lines written, not yet committed to the database
+        self._offset = 0  # bytes already committed to the database
+
+    def append(self, items: list[_Rows]) -> None:
+        """Append ``items``; on failure the file is as before (a torn line is cut off) and OSError raised."""
+        data = "".join(item.to_line() + "\n" for item in items).encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as f:
+            size = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise
+        self.rows += len(items)
+
+    def read(self, n: int) -> tuple[list[_Rows], int]:
+        """Up to ``n`` of the oldest items, and the offset to :meth:`consume` once they are committed."""
+        items = []
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            for _ in range(n):
+                line = f.readline()
+                if not line:
+                    break
+                items.append(_Rows.from_line(line.decode()))
+            return items, f.tell()
+
+    def consume(self, count: int, offset: int) -> None:
+        self.rows -= count
+        self._offset = offset
+        if self.rows <= 0:
+            self.remove()
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.rows = 0
+        self._offset = 0
+
+
+@dataclass(slots=True)
+class _Blockage:
+    """A storage fault in progress (the writer thread's), and what it did to the rows."""
+
+    reason: str
+    error: str
+    since: float
+    delay: float
+    retry_at: float
+    retries: int = 0
+    spooled: int = 0
+    spilled: int = 0
+    dropped: int = 0
+    run_id: int | None = None  # its events belong to the run open when it began (close() may end it meanwhile)
+
+
+@dataclass(slots=True)
+class _Backlog:
+    """What the writer thread has taken from the inbox and not yet committed, oldest first.
+
+    The spill file's rows precede ``memory``'s; calls wait in ``memory`` among the rows.
+    """
+
+    memory: deque[_Rows | _Call] = field(default_factory=deque)
+    memory_rows: int = 0
+    spill: _SpillFile | None = None
+    blockage: _Blockage | None = None
+    spill_retry_at: float = 0.0
+    stop: _Stop | None = None
+
+    def empty(self) -> bool:
+        return not self.memory and (self.spill is None or self.spill.rows == 0)
 
 
 class SqliteWriter:
     """Writes published results, runs and events to a SQLite database from one writer thread.
 
     Construct, then :meth:`start` (or enter the context manager): that opens the database in the
-    writer thread and raises ``StorageError`` at once if the path cannot be written, before any
-    frame is processed. ``write``/``event`` return quickly and may be called from any thread;
+    writer thread, recovers what dead writers left (spill files, ``running`` runs), and raises
+    ``StorageError`` at once if the path cannot be written, before any frame is processed.
+    ``write``/``event`` return quickly and may be called from any thread;
     ``start_run``/``end_run``/``flush`` wait for the writer thread. ``clock`` gives the wall-clock
     time of ``published_at``, ``started_at``/``ended_at`` and event ``ts`` (tests control it).
+    Memory is bounded: at most ``max_memory_rows`` rows in the inbox and as many in the spool.
     """
 
     def __init__(
@@ -155,8 +400,14 @@ class SqliteWriter:
         flush_interval_s: float = 0.5,
         queue_size: int = 1024,
         put_timeout_s: float = 2.0,
-        busy_timeout_s: float = 5.0,
+        busy_timeout_s: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        spool_rows: int = 5_000,
+        max_memory_rows: int = 20_000,
+        spill_dir: str | Path | None = None,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 2.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -164,13 +415,31 @@ class SqliteWriter:
             raise ValueError("flush_interval_s and put_timeout_s must be > 0, busy_timeout_s >= 0")
         if queue_size < 1:
             raise ValueError(f"queue_size: expected >= 1, got {queue_size}")
+        if not 1 <= spool_rows <= max_memory_rows or max_memory_rows < queue_size:
+            raise ValueError(
+                f"expected 1 <= spool_rows <= max_memory_rows and queue_size <= max_memory_rows, got "
+                f"spool_rows={spool_rows}, max_memory_rows={max_memory_rows}, queue_size={queue_size}"
+            )
+        if not 0 < retry_initial_s <= retry_max_s:
+            raise ValueError(f"expected 0 < retry_initial_s <= retry_max_s, got {retry_initial_s}, {retry_max_s}")
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.queue_size = queue_size
         self.put_timeout_s = put_timeout_s
         self.busy_timeout_s = busy_timeout_s
+        self.spool_rows = spool_rows
+        self.max_memory_rows = max_memory_rows
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else self.db_path.parent
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.host = socket.gethostname()
+        self.spill_path = self.spill_dir / f"{self.db_path.name}.spill.{os.getpid()}.{next(_spill_seq)}@{self.host}.jsonl"
         self._clock = clock
-        self._queue: queue.Queue[_QueueItem] = queue.Queue(maxsize=queue_size)
+        # The inbox: producers append, the writer thread takes. One deque keeps the order; the
+        # condition wakes the writer for new items and producers waiting for room.
+        self._inbox: deque[_QueueItem] = deque()
+        self._inbox_cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         # Producers (write/event/_call) register while they enqueue, so close() can wait for them
@@ -188,6 +457,14 @@ class SqliteWriter:
         self._blocked_writes = 0
         self._blocked_ms = 0.0
         self._max_blocked_ms = 0.0
+        self._dropped_rows = 0
+        self._inbox_dropped = 0  # dropped by producers, not yet reported by the writer thread
+        self._spooled_rows = 0
+        self._spilled_rows = 0
+        self._blockages = 0
+        self._retries = 0
+        self._blocked: tuple[str, str, float] | None = None  # (reason, error, since) while blocked
+        self._recovered: dict[str, Any] = {"aborted_runs": [], "spill_rows": 0}
 
     @classmethod
     def from_config(cls, config: StorageConfig, db_path: str | Path | None = None, **kwargs: Any) -> SqliteWriter:
@@ -204,11 +481,14 @@ class SqliteWriter:
     def start(self, timeout: float = 10.0) -> SqliteWriter:
         """Open the database (creating folders and tables) in a new writer thread.
 
-        Raises ``StorageError`` naming the path when it cannot be created or written.
+        Recovers what dead writers left (see :attr:`recovered`). Raises ``StorageError`` naming
+        the path when it cannot be created or written.
         """
         if self._thread is not None:
             raise StorageError(f"SqliteWriter({self.db_path}) was already started")
         self._check_path()
+        with _active_lock:
+            _active_spills.add(self.spill_path)
         self._thread = threading.Thread(target=self._run, name=f"sqlite-writer:{self.db_path.name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -243,8 +523,9 @@ class SqliteWriter:
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, end an open run as ``interrupted``, stop the thread.
 
-        Idempotent. Raises ``StorageError`` if the writer failed (now or earlier) or could not
-        finish within ``timeout`` seconds.
+        Idempotent. Raises ``StorageError`` if the writer failed (now or earlier), or if the
+        database stayed blocked for ``timeout`` seconds (the rows then wait in the spill file
+        for the next writer of this database, and the message names it).
         """
         thread = self._thread
         deadline = time.monotonic() + timeout
@@ -260,16 +541,18 @@ class SqliteWriter:
         if thread is None:
             return
         if self._run_id is not None and self._failure is None:
-            end = self._end_run_fn("interrupted", None, self._clock())
+            self._put(self._end_item("interrupted", None))
             self._run_id = None
-            self._put(_Call(end, Future()), deadline)
         if self._failure is None:
-            self._put(_STOP, deadline)
-        thread.join(max(0.0, deadline - time.monotonic()))
+            self._put(_Stop(deadline))
+        # The writer thread gives up at the deadline, then spills what is left: give it time to.
+        thread.join(max(0.0, deadline - time.monotonic()) + 5.0)
+        with _active_lock:
+            _active_spills.discard(self.spill_path)
         if thread.is_alive():
             raise StorageError(
                 f"the SQLite writer for {self.db_path} did not finish within {timeout:.1f} s; "
-                f"{self._queue.qsize()} items were still queued"
+                f"{len(self._inbox)} items were still queued"
             )
         self._raise_failure()
 
@@ -295,7 +578,7 @@ class SqliteWriter:
     # --- producer side (any thread) -------------------------------------------------------------
 
     def write(self, result: FusedResult) -> None:
-        """Queue one published result; waits only when the queue is full (up to ``put_timeout_s``).
+        """Queue one published result; waits only when the inbox is full (up to ``put_timeout_s``).
 
         A result without counts (``counts_frame_index is None``: a raw frame of
         RAW_STREAM_WITH_METADATA, whose counts come in its metadata record) is not a count row.
@@ -333,23 +616,19 @@ class SqliteWriter:
     def event(self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
         """Queue an event (``error``, ``reconnect``, ``strategy_switch``, ``drop``, ``stall``, ...) of the open run."""
         with self._producing():
-            row = {
-                "run_id": self._run_id,
-                "ts": utc_iso(self._clock()),
-                "kind": kind,
-                "frame_index": frame_index,
-                "message": message,
-                "data_json": None if data is None else to_json(data),
-            }
-            self._put(_Rows("events", [row]))
+            self._put(_Rows("events", [self._event_row(kind, message, frame_index, data)]))
 
     def start_run(
         self, config_snapshot: Mapping[str, Any], versions: Mapping[str, Any], source: str, strategy: str, timeout: float = 10.0
     ) -> int:
-        """Insert a ``runs`` row (status ``running``) and make it the run of later writes; returns its id."""
+        """Insert a ``runs`` row (status ``running``, this process's pid/host) and make it the run of later writes.
+
+        Returns its id. Waits for the database (up to ``timeout``: ``StorageError`` if it stays blocked).
+        """
         self._check_open()
         if self._run_id is not None:
             raise StorageError(f"run {self._run_id} is still open; call end_run() before start_run()")
+        pid = os.getpid()
         row = {
             "started_at": utc_iso(self._clock()),
             "status": "running",
@@ -357,6 +636,9 @@ class SqliteWriter:
             "strategy": str(strategy),
             "config_json": to_json(config_snapshot),
             "versions_json": to_json(versions),
+            "pid": pid,
+            "host": self.host,
+            "proc_start": process_start(pid),
         }
 
         def insert(db: Database) -> int:
@@ -368,16 +650,27 @@ class SqliteWriter:
         return run_id
 
     def end_run(self, status: str, summary: Mapping[str, Any] | None = None, timeout: float = 10.0) -> None:
-        """Flush, then close the open run with ``status`` (``completed``, ``failed``, ...) and a JSON summary."""
+        """Close the open run with ``status`` and a JSON summary, after every row before it.
+
+        ``status``: one of ``storage.schema.RUN_STATUSES`` (``completed``, ``completed_with_errors``,
+        ``failed``, ``interrupted``, ``terminated``, ``aborted``); any string is stored. Waits up to
+        ``timeout`` for it to be written; a database still blocked then is not an error here: the
+        end waits in the spool with the rows (``close`` reports what could not be written).
+        """
         self._check_open()
         if self._run_id is None:
             raise StorageError("SqliteWriter.end_run: no run is open")
-        fn = self._end_run_fn(status, summary, self._clock())
+        with self._producing():
+            self._put(self._end_item(status, summary))
         self._run_id = None
-        self._call(fn, timeout)
+        if not self._wait_written(timeout):
+            log.warning("%s: the end of the run waits for the blocked database (%s)", self.db_path, self._blocked_text())
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far is written (readers then see it)."""
+        """Wait until everything queued so far is written (readers then see it).
+
+        Raises ``StorageError`` if the database stays blocked for ``timeout`` seconds.
+        """
         self._check_open()
         self._call(lambda db: None, timeout)
 
@@ -386,31 +679,56 @@ class SqliteWriter:
         """The open run, or None."""
         return self._run_id
 
+    @property
+    def recovered(self) -> dict[str, Any]:
+        """What :meth:`start` recovered: ``aborted_runs`` (one dict per run) and ``spill_rows``."""
+        return self._recovered
+
     def stats(self) -> dict[str, float]:
-        """Counters: rows written, batches, queue depth, and how often/long ``write`` waited on a full queue."""
+        """Counters (all bounded): rows written, batches, inbox depth, waits, and the storage faults.
+
+        ``blocked_writes``/``blocked_ms``/``max_blocked_ms``: how often/long ``write`` waited on a
+        full inbox. ``spooled_rows``/``spilled_rows``/``dropped_rows``: rows that waited for a
+        blocked database, went through the spill file, or had to be dropped; ``blockages``,
+        ``retries``; ``blocked``: 1 while the database cannot be written.
+        """
         with self._lock:
             return {
                 "frames_written": self._frames_written,
                 "events_written": self._events_written,
                 "batches": self._batches,
-                "queue_depth": self._queue.qsize(),
+                "queue_depth": len(self._inbox),
                 "blocked_writes": self._blocked_writes,
                 "blocked_ms": self._blocked_ms,
                 "max_blocked_ms": self._max_blocked_ms,
+                "spooled_rows": self._spooled_rows,
+                "spilled_rows": self._spilled_rows,
+                "dropped_rows": self._dropped_rows,
+                "blockages": self._blockages,
+                "retries": self._retries,
+                "blocked": int(self._blocked is not None),
             }
 
-    # --- internals -----------------------------------------------------------------------------
+    # --- internals: producer side ---------------------------------------------------------------
 
-    def _end_run_fn(self, status: str, summary: Mapping[str, Any] | None, when: datetime) -> Callable[[Database], None]:
-        run_id = self._run_id
-        assert run_id is not None  # callers check
-        update = {"ended_at": utc_iso(when), "status": status, "summary_json": None if summary is None else to_json(summary)}
+    def _event_row(self, kind: str, message: str, frame_index: int | None, data: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            "run_id": self._run_id,
+            "ts": utc_iso(self._clock()),
+            "kind": kind,
+            "frame_index": frame_index,
+            "message": message,
+            "data_json": None if data is None else to_json(data),
+        }
 
-        def end(db: Database) -> None:
-            with write_transaction(db):
-                db.table("runs").update(run_id, update)
-
-        return end
+    def _end_item(self, status: str, summary: Mapping[str, Any] | None) -> _Rows:
+        update = {
+            "id": self._run_id,
+            "ended_at": utc_iso(self._clock()),
+            "status": status,
+            "summary_json": None if summary is None else to_json(summary),
+        }
+        return _Rows("run_end", [update])
 
     @contextmanager
     def _producing(self) -> Iterator[None]:
@@ -441,52 +759,72 @@ class SqliteWriter:
         if self._failure is not None:
             raise self._failure_error()
 
-    def _put(self, item: _QueueItem, deadline: float | None = None) -> None:
-        if isinstance(item, _Rows):
-            item.enqueued = time.monotonic()
-        try:
-            self._queue.put_nowait(item)
-            return
-        except queue.Full:
-            pass
-        start = time.monotonic()
-        end = deadline if deadline is not None else start + self.put_timeout_s
-        try:
-            # Short slices so a writer that dies while we wait is noticed at once.
-            while True:
-                self._raise_failure()
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    raise StorageError(
-                        f"the SQLite writer for {self.db_path} cannot keep up: its queue "
-                        f"({self._queue.maxsize} items) stayed full for {end - start:.1f} s. The disk is too slow "
-                        "or another process locks the database; raise storage.batch_size or use a faster disk"
-                    )
-                try:
-                    self._queue.put(item, timeout=min(0.05, remaining))
+    def _blocked_text(self) -> str:
+        blocked = self._blocked
+        if blocked is None:
+            return "not blocked"
+        reason, error, since = blocked
+        return f"{reason.replace('_', ' ')} for {time.monotonic() - since:.1f} s: {error}"
+
+    def _put(self, item: _QueueItem) -> None:
+        with self._inbox_cond:
+            if isinstance(item, _Rows):
+                item.enqueued = time.monotonic()
+                if len(self._inbox) >= self.queue_size:
+                    self._wait_for_room()
+                if item.table == "frames" and len(self._inbox) >= self.max_memory_rows:
+                    # The writer thread is stuck in one call: keep memory bounded, and say so.
+                    with self._lock:
+                        self._dropped_rows += 1
+                        self._inbox_dropped += 1
                     return
-                except queue.Full:
-                    continue
-        finally:
-            waited_ms = (time.monotonic() - start) * 1000.0
-            with self._lock:
-                self._blocked_writes += 1
-                self._blocked_ms += waited_ms
-                self._max_blocked_ms = max(self._max_blocked_ms, waited_ms)
+            self._inbox.append(item)
+            self._inbox_cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        # Called holding the inbox lock. Short slices so a writer that dies while we wait is noticed.
+        start = time.monotonic()
+        end = start + self.put_timeout_s
+        while len(self._inbox) >= self.queue_size and self._failure is None:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break  # go on: the row joins the inbox beyond queue_size, up to max_memory_rows
+            self._inbox_cond.wait(min(0.05, remaining))
+        waited_ms = (time.monotonic() - start) * 1000.0
+        with self._lock:
+            self._blocked_writes += 1
+            self._blocked_ms += waited_ms
+            self._max_blocked_ms = max(self._max_blocked_ms, waited_ms)
+        self._raise_failure()
 
     def _call(self, fn: Callable[[Database], Any], timeout: float) -> Any:
         future: Future[Any] = Future()
         deadline = time.monotonic() + timeout
         with self._producing():
-            self._put(_Call(fn, future), deadline)
+            self._put(_Call(fn, future))
         try:
             return future.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
+            future.cancel()
             self._raise_failure()
+            if self._blocked is not None:
+                raise StorageError(
+                    f"the database {self.db_path} cannot be written ({self._blocked_text()}); gave up waiting after "
+                    f"{timeout:.1f} s (the rows are kept and written when it works again)"
+                ) from None
             raise StorageError(f"the SQLite writer for {self.db_path} did not answer within {timeout:.1f} s") from None
         except Exception:
             self._raise_failure()
             raise
+
+    def _wait_written(self, timeout: float) -> bool:
+        """Whether everything queued so far was written within ``timeout`` (False: still blocked)."""
+        try:
+            self._call(lambda db: None, timeout)
+        except StorageError:
+            self._raise_failure()
+            return False
+        return True
 
     def _fail(self, message: str, error: BaseException, report: bool = True) -> None:
         self._failure_msg = message
@@ -494,7 +832,9 @@ class SqliteWriter:
         if report:  # a failure while running is logged here too: nobody may call write() again
             log.error("%s", message, exc_info=error)
 
-    def _open(self) -> Database:
+    # --- internals: the writer thread -----------------------------------------------------------
+
+    def _connect(self) -> Database:
         db = Database(self.db_path)
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
@@ -509,10 +849,65 @@ class SqliteWriter:
             raise
         return db
 
+    def _open(self) -> Database:
+        db = self._connect()
+        try:
+            self._recover(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _recover(self, db: Database) -> None:
+        """Write back the spill files dead writers of this host left, then abort their runs."""
+        spill_rows = 0
+        if self.spill_dir.is_dir():
+            for path in sorted(self.spill_dir.iterdir()):
+                match = _SPILL_NAME.match(path.name)
+                if match is None or match["db"] != self.db_path.name or match["host"] != self.host:
+                    continue
+                pid = int(match["pid"])
+                with _active_lock:
+                    active = path in _active_spills
+                if active or (pid != os.getpid() and process_alive(pid)):
+                    continue
+                spill_rows += self._replay(db, path)
+        aborted = abort_dead_runs(db, self.host, self._clock)
+        self._recovered = {"aborted_runs": aborted, "spill_rows": spill_rows}
+
+    def _replay(self, db: Database, path: Path) -> int:
+        written = torn = 0
+        run_id = None
+        with path.open("rb") as f:
+            while True:
+                items = []
+                for line in f:
+                    try:
+                        items.append(_Rows.from_line(line.decode()))
+                    except (ValueError, KeyError):
+                        torn += 1  # a line cut short by the kill
+                        continue
+                    if len(items) >= self.batch_size:
+                        break
+                if not items:
+                    break
+                if run_id is None:
+                    run_id = next((r["run_id"] for i in items if i.table == "frames" for r in i.rows), None)
+                self._insert(db, items)
+                written += len(items)
+        message = f"wrote back {written} rows a dead writer left in {path}" + (f" ({torn} torn lines skipped)" if torn else "")
+        row = self._event_row("spill_recovered", message, None, {"file": str(path), "rows": written, "torn": torn})
+        row["run_id"] = run_id
+        with write_transaction(db):
+            db.table("events").insert(row)
+        path.unlink()
+        log.warning("%s: %s", self.db_path, message)
+        return written
+
     def _run(self) -> None:
         """Writer thread: open, then insert batches until the stop sentinel; never dies silently."""
         try:
-            db = self._open()
+            db: Database | None = self._open()
         except StorageError as e:
             self._fail(f"cannot open the database {self.db_path}: {e}", e, report=False)
             self._ready.set()
@@ -522,47 +917,202 @@ class SqliteWriter:
             self._ready.set()
             return
         self._ready.set()
-        pending: list[_Rows] = []
-        call: _Call | None = None
+        backlog = _Backlog()
         try:
             while True:
-                if pending:
-                    timeout = max(0.0, pending[0].enqueued + self.flush_interval_s - time.monotonic())
-                else:
-                    timeout = self.flush_interval_s
-                try:
-                    item = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    self._flush(db, pending)
-                    continue
-                if isinstance(item, _Stop):
-                    self._flush(db, pending)
+                self._take_inbox(backlog, self._wait_s(backlog))
+                self._bound_memory(backlog)
+                now = time.monotonic()
+                blockage = backlog.blockage
+                if blockage is not None and backlog.stop is not None and now >= backlog.stop.deadline:
+                    self._give_up(backlog)
                     return
-                if isinstance(item, _Call):
-                    call = item
-                    self._flush(db, pending)
-                    result = item.fn(db)
-                    call = None
-                    item.future.set_result(result)
+                if blockage is not None and now < blockage.retry_at:
                     continue
-                pending.append(item)
-                if len(pending) >= self.batch_size or time.monotonic() >= pending[0].enqueued + self.flush_interval_s:
-                    self._flush(db, pending)
+                if not self._due(backlog, now):
+                    if backlog.stop is not None and backlog.empty():
+                        return
+                    continue
+                try:
+                    if db is None:
+                        db = self._connect()
+                    self._step(db, backlog)
+                except Exception as e:
+                    reason = fault_reason(e)
+                    if reason is None:
+                        raise
+                    self._on_fault(backlog, reason, e)
+                    if reason != "locked" and db is not None:  # a fresh connection after a disk fault
+                        with contextlib.suppress(sqlite3.Error):
+                            db.close()
+                        db = None
+                    continue
+                if backlog.blockage is not None and backlog.empty():
+                    self._on_resumed(backlog)
         except BaseException as e:
-            lost = sum(len(p.rows) for p in pending) + self._queue.qsize()
+            spilled = backlog.spill.rows if backlog.spill is not None else 0
+            lost = backlog.memory_rows + spilled + len(self._inbox)
             self._fail(f"writing to the database {self.db_path} failed: {e}; up to {lost} queued items were not written", e)
-            if call is not None and not call.future.done():
-                call.future.set_exception(self._failure_error())
-            self._drain_after_failure()
+            self._answer_calls(backlog)
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
-    def _flush(self, db: Database, pending: list[_Rows]) -> None:
-        if not pending:
+    def _wait_s(self, backlog: _Backlog) -> float:
+        now = time.monotonic()
+        blockage = backlog.blockage
+        if blockage is not None:
+            until = blockage.retry_at if backlog.stop is None else min(blockage.retry_at, backlog.stop.deadline)
+            return max(0.0, until - now)
+        if backlog.stop is not None or self._due(backlog, now):
+            return 0.0
+        head = backlog.memory[0] if backlog.memory else None
+        if isinstance(head, _Rows):
+            return max(0.0, head.enqueued + self.flush_interval_s - now)
+        return 1.0  # idle: woken by the next item
+
+    def _due(self, backlog: _Backlog, now: float) -> bool:
+        """Whether the backlog should be written now (a batch is full or old, or someone waits)."""
+        if backlog.blockage is not None or (backlog.spill is not None and backlog.spill.rows > 0):
+            return True
+        memory = backlog.memory
+        if not memory:
+            return False
+        if backlog.stop is not None or backlog.memory_rows >= self.batch_size or len(memory) > backlog.memory_rows:
+            return True  # the last: a call waits among the rows
+        head = memory[0]
+        return isinstance(head, _Call) or head.enqueued + self.flush_interval_s <= now
+
+    def _take_inbox(self, backlog: _Backlog, wait_s: float) -> None:
+        with self._inbox_cond:
+            if not self._inbox and wait_s > 0:
+                self._inbox_cond.wait(wait_s)
+            items = list(self._inbox)
+            self._inbox.clear()
+            self._inbox_cond.notify_all()  # producers waiting for room
+        blockage = backlog.blockage
+        for item in items:
+            if isinstance(item, _Stop):
+                backlog.stop = item
+                continue
+            backlog.memory.append(item)
+            if isinstance(item, _Rows):
+                backlog.memory_rows += 1
+                if blockage is not None:
+                    blockage.spooled += 1
+        with self._lock:
+            dropped, self._inbox_dropped = self._inbox_dropped, 0
+            if blockage is not None:
+                self._spooled_rows += sum(isinstance(i, _Rows) for i in items)
+        if dropped:
+            self._report_drops(backlog, dropped)
+
+    def _bound_memory(self, backlog: _Backlog) -> None:
+        """Spill the oldest rows beyond ``spool_rows``; if the spill fails, drop frames beyond ``max_memory_rows``."""
+        if backlog.memory_rows <= self.spool_rows:
             return
-        frames = [r for p in pending if p.table == "frames" for r in p.rows]
-        timings = [t for p in pending for t in p.timings]
-        events = [r for p in pending if p.table == "events" for r in p.rows]
+        now = time.monotonic()
+        if now >= backlog.spill_retry_at:
+            if backlog.spill is None:
+                backlog.spill = _SpillFile(self.spill_path)
+            taken: list[_Rows | _Call] = []
+            chunk: list[_Rows] = []
+            while backlog.memory and backlog.memory_rows - len(chunk) > self.spool_rows // 2:
+                item = backlog.memory.popleft()
+                taken.append(item)
+                if isinstance(item, _Rows):
+                    chunk.append(item)
+            try:
+                backlog.spill.append(chunk)
+            except OSError as e:
+                backlog.memory.extendleft(reversed(taken))
+                backlog.spill_retry_at = now + self.retry_max_s
+                log.warning(
+                    "%s: cannot spill %d rows to %s (%s); they stay in memory (at most %d rows)",
+                    self.db_path, len(chunk), backlog.spill.path, e, self.max_memory_rows,
+                )
+            else:
+                backlog.memory.extendleft(reversed([i for i in taken if isinstance(i, _Call)]))
+                backlog.memory_rows -= len(chunk)
+                if backlog.blockage is not None:
+                    backlog.blockage.spilled += len(chunk)
+                with self._lock:
+                    self._spilled_rows += len(chunk)
+                return
+        excess = backlog.memory_rows - self.max_memory_rows
+        if excess <= 0:
+            return
+        kept: list[_Rows | _Call] = []
+        dropped = 0
+        while dropped < excess and backlog.memory:
+            item = backlog.memory.pop()  # the newest frames go: the older ones are the run's history
+            if isinstance(item, _Rows) and item.table == "frames":
+                dropped += 1
+            else:
+                kept.append(item)
+        backlog.memory.extend(reversed(kept))
+        backlog.memory_rows -= dropped
+        with self._lock:
+            self._dropped_rows += dropped
+        self._report_drops(backlog, dropped)
+
+    def _report_drops(self, backlog: _Backlog, dropped: int) -> None:
+        blockage = backlog.blockage
+        first = blockage is None or blockage.dropped == 0
+        if blockage is not None:
+            blockage.dropped += dropped
+        if not first:
+            return  # one event per blockage; storage_resumed reports the total
+        reason = blockage.reason if blockage is not None else "slow"
+        message = (
+            f"dropped {dropped} frame rows: the database cannot be written ({reason}) and neither can the "
+            f"spill file {self.spill_path}; at most {self.max_memory_rows} rows are kept in memory"
+        )
+        log.warning("%s: %s", self.db_path, message)
+        data = {"reason": reason, "dropped": dropped, "max_memory_rows": self.max_memory_rows, "spill_file": str(self.spill_path)}
+        row = self._event_row("storage_dropped", message, None, data)
+        if blockage is not None and blockage.run_id is not None:
+            row["run_id"] = blockage.run_id
+        backlog.memory.append(_Rows("events", [row], enqueued=time.monotonic()))
+        backlog.memory_rows += 1
+
+    def _step(self, db: Database, backlog: _Backlog) -> None:
+        """Write one batch (spill file first) or answer one call; a fault raises and leaves the backlog as it was."""
+        spill = backlog.spill
+        if spill is not None and spill.rows > 0:
+            items, offset = spill.read(self.batch_size)
+            self._insert(db, items)
+            spill.consume(len(items), offset)
+            return
+        memory = backlog.memory
+        if not memory:
+            if backlog.blockage is not None:  # nothing left to retry with: probe the write lock
+                with write_transaction(db):
+                    pass
+            return
+        head = memory[0]
+        if isinstance(head, _Call):
+            if not head.future.cancelled():
+                result = head.fn(db)
+                with contextlib.suppress(InvalidStateError):  # its caller gave up meanwhile
+                    head.future.set_result(result)
+            memory.popleft()
+            return
+        batch: list[_Rows] = []
+        for item in memory:
+            if not isinstance(item, _Rows) or len(batch) >= self.batch_size:
+                break
+            batch.append(item)
+        self._insert(db, batch)
+        for _ in batch:
+            memory.popleft()
+        backlog.memory_rows -= len(batch)
+
+    def _insert(self, db: Database, items: list[_Rows]) -> None:
+        frames = [r for p in items if p.table == "frames" for r in p.rows]
+        timings = [t for p in items for t in p.timings]
+        events = [r for p in items if p.table == "events" for r in p.rows]
+        ends = [r for p in items if p.table == "run_end" for r in p.rows]
         with write_transaction(db):
             if frames:
                 db.table("frames").insert_all(frames)
@@ -570,21 +1120,104 @@ class SqliteWriter:
                 db.table("frame_timings").insert_all(timings)
             if events:
                 db.table("events").insert_all(events)
-        pending.clear()
+            for end in ends:
+                db.table("runs").update(end["id"], {k: v for k, v in end.items() if k != "id"})
         with self._lock:
             self._frames_written += len(frames)
             self._events_written += len(events)
             self._batches += 1
 
-    def _drain_after_failure(self) -> None:
+    def _on_fault(self, backlog: _Backlog, reason: str, error: Exception) -> None:
+        now = time.monotonic()
+        blockage = backlog.blockage
+        if blockage is not None:
+            blockage.retries += 1
+            blockage.error = str(error)
+            blockage.delay = min(blockage.delay * 2.0, self.retry_max_s)
+            blockage.retry_at = now + blockage.delay
+            with self._lock:
+                self._retries += 1
+                self._blocked = (blockage.reason, blockage.error, blockage.since)
+            return
+        pending = backlog.memory_rows + (backlog.spill.rows if backlog.spill is not None else 0)
+        blockage = _Blockage(reason, str(error), since=now, delay=self.retry_initial_s, retry_at=now + self.retry_initial_s)
+        blockage.spooled = pending
+        blockage.run_id = self._run_id
+        backlog.blockage = blockage
+        message = (
+            f"the database cannot be written ({reason.replace('_', ' ')}: {error}); {pending} rows wait, "
+            f"retried every {self.retry_initial_s:g}..{self.retry_max_s:g} s"
+        )
+        log.warning("%s: %s", self.db_path, message)
+        data = {"reason": reason, "error": str(error), "pending_rows": pending}
+        # First in the backlog: stored before the rows that waited.
+        backlog.memory.appendleft(_Rows("events", [self._event_row("storage_blocked", message, None, data)], enqueued=now))
+        backlog.memory_rows += 1
+        with self._lock:
+            self._blockages += 1
+            self._spooled_rows += pending
+            self._blocked = (reason, str(error), now)
+
+    def _on_resumed(self, backlog: _Backlog) -> None:
+        blockage = backlog.blockage
+        assert blockage is not None
+        backlog.blockage = None
+        blocked_s = time.monotonic() - blockage.since
+        message = (
+            f"the database is written again after {blocked_s:.1f} s ({blockage.reason.replace('_', ' ')}); "
+            f"{blockage.spooled} rows waited, {blockage.spilled} of them in the spill file, {blockage.dropped} dropped"
+        )
+        log.warning("%s: %s", self.db_path, message)
+        data = {
+            "reason": blockage.reason,
+            "error": blockage.error,
+            "blocked_s": round(blocked_s, 3),
+            "retries": blockage.retries,
+            "spooled": blockage.spooled,
+            "spilled": blockage.spilled,
+            "dropped": blockage.dropped,
+        }
+        row = self._event_row("storage_resumed", message, None, data)
+        row["run_id"] = blockage.run_id if blockage.run_id is not None else row["run_id"]
+        backlog.memory.append(_Rows("events", [row], enqueued=time.monotonic()))
+        backlog.memory_rows += 1
+        with self._lock:
+            self._blocked = None
+
+    def _give_up(self, backlog: _Backlog) -> None:
+        """At ``close``'s deadline, still blocked: put what is left in the spill file for the next writer."""
+        blockage = backlog.blockage
+        assert blockage is not None
+        rows = [i for i in backlog.memory if isinstance(i, _Rows)]
+        spill = backlog.spill if backlog.spill is not None else _SpillFile(self.spill_path)
+        what = f"the database {self.db_path} could not be written at close ({self._blocked_text()})"
+        try:
+            spill.append(rows)
+        except OSError as e:
+            message = (
+                f"{what}; {len(rows)} rows were lost (the spill file {spill.path} cannot be written either: {e}); "
+                f"{spill.rows} rows wait in {spill.path} for the next writer of this database"
+            )
+        else:
+            message = (
+                f"{what}; {spill.rows} rows wait in the spill file {spill.path}: the next writer that opens "
+                "this database writes them back"
+            )
+        backlog.memory.clear()
+        backlog.memory_rows = 0
+        self._fail(message, StorageError(blockage.error))
+        self._answer_calls(backlog)
+
+    def _answer_calls(self, backlog: _Backlog) -> None:
         # Answer every waiting call so no caller hangs on a dead writer.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        with self._inbox_cond:
+            items = [*backlog.memory, *self._inbox]
+            self._inbox.clear()
+            self._inbox_cond.notify_all()
+        for item in items:
             if isinstance(item, _Call) and not item.future.done():
-                item.future.set_exception(self._failure_error())
+                with contextlib.suppress(InvalidStateError):
+                    item.future.set_exception(self._failure_error())
 
 
-__all__ = ["SqliteWriter", "frame_rows"]
+__all__ = ["SqliteWriter", "abort_dead_runs", "fault_reason", "frame_rows", "process_alive"]
