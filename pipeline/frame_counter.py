@@ -8,14 +8,22 @@ config by :func:`branch_role`; the merge and the counts are :mod:`pipeline.count
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from config.schema import CountingConfig, PipelineConfig
 from pipeline.counting import hybrid_count, merge_detections
-from pipeline.types import GLOBAL_SOURCE, BranchResult, CountResult, DensityMap, Detections, FrameMeta
+from pipeline.types import (
+    GLOBAL_SOURCE,
+    BranchResult,
+    CountResult,
+    DensityMap,
+    Detections,
+    FrameMeta,
+    missing_reason,
+)
 
 __all__ = ["FrameCounter", "Role", "branch_role"]
 
@@ -36,11 +44,19 @@ def branch_role(cfg: PipelineConfig, name: str) -> Role:
 
 @dataclass(frozen=True, slots=True)
 class FrameCounter:
-    """``counter(results, frame) -> (merged detections, density map or None, counts)``.
+    """``counter(results, frame, missing) -> (merged detections, density map or None, counts)``.
 
     ``roles`` maps branch name to :data:`Role`; results of other branches, and failed results,
     are left out. Global and tile detections are merged (IoS matching over the tiles' rectangles,
     ``counting.merge``), then counted with the density map (``counting.hybrid``, per zone).
+
+    The count contract: ``missing`` names the branches whose result for this frame is absent, and
+    why. The detection count is unknown when a detection branch is missing, the density count when
+    the density branch is, and the fused count when a branch its policy needs is missing
+    (``detections``: the detection branches; ``density``: the density branch; ``hybrid``: both); a
+    missing branch of unknown role is taken as needed. Unknown counts are None with the reason
+    (:func:`~pipeline.types.missing_reason`), never 0. The detections of the branches that are
+    present are still merged and returned (the window draws them; the count says it is unknown).
     """
 
     counting: CountingConfig
@@ -52,7 +68,7 @@ class FrameCounter:
         return cls(cfg.counting, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
 
     def __call__(
-        self, results: Mapping[str, BranchResult], frame: FrameMeta
+        self, results: Mapping[str, BranchResult], frame: FrameMeta, missing: Mapping[str, str] | None = None
     ) -> tuple[Detections, DensityMap | None, CountResult]:
         global_parts: list[Detections] = []
         tile_parts: list[Detections] = []
@@ -83,4 +99,29 @@ class FrameCounter:
         c = self.counting
         merged = merge_detections(Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, c.merge)
         counts = hybrid_count(merged, density, frame_wh, c.hybrid, c.policy, zones=c.zones)
+        if missing:
+            counts = self._with_missing(counts, missing)
         return merged, density, counts
+
+    def _with_missing(self, counts: CountResult, missing: Mapping[str, str]) -> CountResult:
+        roles = {b: self.roles.get(b) for b in missing}
+        det_missing = {b: w for b, w in missing.items() if roles[b] != "density"}
+        dens_missing = {b: w for b, w in missing.items() if roles[b] in ("density", None)}
+        has_density = any(r == "density" for r in self.roles.values())
+        needed = {
+            "detections": det_missing,
+            "density": dens_missing,
+            "hybrid": {**det_missing, **(dens_missing if has_density else {})},
+        }[self.counting.policy]
+        if not needed:
+            return replace(
+                counts,
+                detection=None if det_missing else counts.detection,
+                density=None if dens_missing else counts.density,
+            )
+        unknown = CountResult.unknown(missing_reason(needed), counts.policy, tuple(counts.zones))
+        return replace(
+            unknown,
+            detection=None if det_missing else counts.detection,
+            density=None if dens_missing else counts.density,
+        )

@@ -1,73 +1,69 @@
-"""Fusion strategies: what is published, and when, from the frames and the branch results.
+"""Fusion: what is published, and when, from the frames and the branch results.
 
-Three strategies, chosen by name from :data:`STRATEGIES` and switchable at run time through
-:class:`Fusion`:
+One skeleton (:class:`Fusion`) and three strategies that are only the part that differs, chosen
+by name from :data:`STRATEGIES` and switchable at run time:
 
-- ``STRICT_SYNC`` (:class:`StrictSync`): frame N is published once every branch *scheduled* for N
-  has delivered its result for N, or ``strict_sync_timeout_ms`` after the frame (or its first
-  result) arrived, then with ``partial=True`` and the missing branches in ``late_branches``.
-  Frames are published in frame order.
-- ``ASYNC_OVERLAY`` (:class:`AsyncOverlay`): every decoded frame is published at once (from
-  ``on_frame``) with each branch's newest result, whatever frame it was computed on; ``overlays``
-  give, per branch, that frame and its age.
+- ``STRICT_SYNC`` (:class:`StrictSync`): frame N is published once every branch *due* for N has
+  delivered its result for N, or ``strict_sync_timeout_ms`` after the frame arrived, then
+  partial with the missing branches named. Frames are published in frame order.
+- ``ASYNC_OVERLAY`` (:class:`AsyncOverlay`): every decoded frame is published at once with each
+  branch's newest result, whatever frame it was computed on; ``overlays`` give, per branch, that
+  frame and its age. Its counts are those of the latest finalized frame, when they are younger
+  than ``max_count_age_ms``.
 - ``RAW_STREAM_WITH_METADATA`` (:class:`RawStreamWithMetadata`): every decoded frame is published
-  at once without branch data (meta and, when given, the image); separately a
-  :class:`MetadataRecord` per frame is published once the frame is finalized, keyed by
-  ``(stream_id, frame_index, pts)`` so a consumer can join it to its frame.
+  at once without branch data (``raw=True``; meta and, when given, the image); separately a
+  :class:`~pipeline.types.MetadataRecord` per frame once the frame is finalized, keyed by
+  ``(stream_id, frame_index, pts)``.
 
-Every strategy returns ``list[Published]`` where ``Published = FusedResult | MetadataRecord``: a
-:class:`~pipeline.types.FusedResult` is a frame publication (exactly one per decoded frame), a
-:class:`MetadataRecord` is the branch data of one frame (at most one per frame; exactly one for
-every frame decoded under RAW_STREAM_WITH_METADATA).
+Every call returns ``list[Published]`` where ``Published = FusedResult | MetadataRecord``: exactly
+one :class:`~pipeline.types.FusedResult` per decoded frame, and under RAW_STREAM_WITH_METADATA
+exactly one metadata record per frame.
 
-The shared bookkeeping (:class:`FusionState`)
--------------------------------------------
+The shared ledger (:class:`FusionState`)
+-----------------------------------------
 Each frame passes through one ledger that all strategies share and hand to each other on a switch.
-A frame is *finalized* in frame order, when every branch scheduled for it has delivered (or its
-timeout passed). Finalizing frame N builds its **result set** S(N): for a branch scheduled for N,
-its result for N (missing if late); for a branch not scheduled for N (it runs every n-th frame, or
-its queue was full and the frame was dropped for it), its newest result for a frame <= N. Then
-``combine(S(N), meta_N)`` gives detections, density map and counts, once per frame, for every
-strategy. Results whose ``error`` is set count as delivered but are left out of ``combine``.
+A frame is *finalized* in frame order, when every branch due for it has delivered (or its timeout
+passed). Finalizing frame N builds its **result set** S(N):
 
-What "the same frames give the same counts" means
--------------------------------------------------
-When every result arrives before its timeout, S(N) depends only on which branches were scheduled
-for which frames and on the branch results, never on arrival order or strategy, so
+- a branch due for N (``frame_index % every_n_frames == 0``) contributes its result for N; if
+  there is none, the branch is *missing* for N: ``late`` (timed out), ``dropped (queue full)`` (the
+  orchestrator could not hand it the frame), or ``failed: <error>`` (its result has ``error``);
+- a branch not due for N (it runs every n-th frame) contributes its result for the latest frame
+  that was due for it, K = N - N % n; if that one is missing too, the branch is missing for N
+  (``stale: no result for frame K``), or ``warming up`` before its first result.
 
-- STRICT_SYNC publishes, for frame N, ``counts = combine(S(N), meta_N)`` with
-  ``counts_frame_index == N``;
-- RAW_STREAM_WITH_METADATA's metadata record for frame N carries the same counts;
-- ASYNC_OVERLAY publishes frame N with the counts of the latest finalized frame K <= N (its
-  "latest complete set"), ``counts_frame_index == K``, equal to STRICT_SYNC's counts for K; its
-  detections and density map are drawn from each branch's newest result instead (fresher, but
-  not a set any one frame had), so ``len(detections)`` may differ from ``counts.detection``.
-  It never waits, so its results are never ``partial`` (a timed-out frame shows in
-  ``FusionState.partial_frames``, and in the counts it gives).
+Older results never stand in for a missing one. ``combine(S(N), meta_N, missing)`` gives
+detections, density map and counts, once per frame, for every strategy; the counter decides which
+missing branches make its count unknown (see the count contract in
+:class:`~pipeline.types.FusedResult`).
 
-A timed-out frame is finalized without its late branches (counts of the partial set), and a late
-result still updates the newest result that later frames use.
+So, with every result in time, the same frames give the same counts under any strategy and any
+arrival order: STRICT_SYNC publishes, for frame N, ``counts = combine(S(N), ...)``;
+RAW_STREAM_WITH_METADATA's record for N carries the same counts; ASYNC_OVERLAY publishes frame N
+with the counts of the latest finalized frame K <= N (``counts_frame_index == K``), equal to
+STRICT_SYNC's counts for K, or unknown when they are older than ``max_count_age_ms``; its
+detections and density map are each branch's newest instead (fresher, not a set any one frame
+had). A late result still updates the newest result that overlays use.
 
-Timings (milliseconds, keys of ``FusedResult.timings`` / ``MetadataRecord.timings``)
------------------------------------------------------------------------------------
-- The frame's own timings passed to ``on_frame`` (the orchestrator's ``decode_ms``,
-  ``queue_depth_<branch>``).
-- For each branch result computed on this frame: every key ``k`` of ``BranchResult.timings`` as
-  ``<branch>.<k>`` (``yolo_tiles.preprocess_ms``), and the plain ``k`` as the **sum** over those
-  branches (the work spent on the frame; ``inference_model_<model>_ms`` is summed too when two
-  branches share a model). Under ASYNC_OVERLAY a result's timings go with the first frame published
-  after it arrived.
+Timings (:class:`~pipeline.types.StageTimings`)
+-----------------------------------------------
+Each publication carries the frame's own figures (the orchestrator's ``decode_ms`` and queue
+depths, ``fusion_wait_ms``, ``wait_for_ms`` per due branch, ``overlay_lag_ms`` per branch,
+``end_to_end_ms``) and the branch work not reported before, each :class:`BranchTimings` naming the
+frame it was done on: a frame's results are reported when it is finalized, a late result when it
+arrives, so every (branch, frame) cost is reported exactly once and credited to its own frame. Raw
+frame publications report no work (their metadata records do).
+
 - ``fusion_wait_ms``: publish time minus the arrival of the frame's first branch result (the frame
-  itself when none arrived); 0 for frames published at once. ``wait_for_<branch>_ms``: when each
-  scheduled branch's result arrived after that start (a late branch: the whole wait); the largest
-  names the branch that made the frame wait (:func:`waited_on`).
-- ``overlay_lag_<branch>_ms`` (same as ``OverlayInfo.lag_ms``) and ``overlay_lag_ms``, the largest.
+  itself when none arrived); 0 for frames published at once. ``wait_for_ms[b]``: when each due
+  branch's result arrived after that start (a missing one: the whole wait).
+- ``overlay_lag_ms[b]`` (same as ``OverlayInfo.lag_ms``): publish time minus ``decode_ts`` of the
+  frame the branch's part came from.
 - ``end_to_end_ms``: publish time minus ``decode_ts`` of the published frame (for a metadata
   record: the metadata delay).
 
-Strategies are not thread-safe; :class:`Fusion` serialises calls with a lock. Times come from the
-injected ``clock`` (``time.perf_counter``, the clock of ``FrameMeta.decode_ts``), so tests can drive
-them by hand.
+:class:`Fusion` is serialised by a lock. Times come from the injected ``clock``
+(``time.perf_counter``, the clock of ``FrameMeta.decode_ts``), so tests drive them by hand.
 """
 
 from __future__ import annotations
@@ -77,192 +73,38 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from config.schema import FusionConfig, FusionStrategyName
+from pipeline.protocols import CombineFn
 from pipeline.types import (
     BranchResult,
+    BranchTimings,
     CountResult,
     DensityMap,
+    DensitySummary,
     Detections,
     FrameMeta,
+    FrameTimings,
     FusedResult,
+    MetadataRecord,
     OverlayInfo,
+    StageTimings,
 )
 
 log = logging.getLogger("people_counter.fusion")
 
-CombineFn = Callable[[Mapping[str, BranchResult], FrameMeta], tuple[Detections, DensityMap | None, CountResult]]
-"""``combine(results, frame) -> (detections, density, counts)``: the counting of one result set.
-
-``results`` maps branch name to the result used (possibly computed on an earlier frame; see the
-module docs); ``frame`` is the frame being finalized. The app builds it on ``merge_detections`` and
-``hybrid_count``; fusion itself knows no model.
-"""
-
 Clock = Callable[[], float]
 
-NO_COUNTS = CountResult(detection=0, density=None, fused=0.0, policy="none")
-"""``counts`` of a publication that carries no count (its ``counts_frame_index`` is None)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Compact masks and the metadata record
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MaskRLE:
-    """Run-length encoding of a 2-D boolean mask, row-major (C order).
-
-    ``counts``: (K,) uint32 run lengths, alternating False, True, False, ... and starting with a
-    run of False (0 when the first pixel is True). ``counts.sum() == shape[0] * shape[1]``.
-    """
-
-    shape: tuple[int, int]
-    counts: NDArray[np.uint32]
-
-    def __post_init__(self) -> None:
-        if self.counts.ndim != 1:
-            raise ValueError(f"MaskRLE.counts: expected shape (K,), got {tuple(self.counts.shape)}")
-        total = int(self.counts.sum(dtype=np.int64))
-        if total != self.shape[0] * self.shape[1]:
-            raise ValueError(f"MaskRLE: runs cover {total} pixels, expected {self.shape[0]}x{self.shape[1]}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"shape": [h, w], "counts": [...]}``."""
-        return {"shape": list(self.shape), "counts": self.counts.tolist()}
-
-
-def encode_mask_rle(mask: NDArray[np.bool_]) -> MaskRLE:
-    """Encode a 2-D boolean mask (any truthy dtype) as :class:`MaskRLE`."""
-    m = np.asarray(mask).astype(bool, copy=False)
-    if m.ndim != 2:
-        raise ValueError(f"encode_mask_rle: expected a 2-D mask (H, W), got shape {m.shape}")
-    shape = (int(m.shape[0]), int(m.shape[1]))
-    flat = m.ravel()
-    if flat.size == 0:
-        return MaskRLE(shape, np.zeros(0, np.uint32))
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size])))
-    if flat[0]:
-        runs = np.concatenate(([0], runs))
-    return MaskRLE(shape, runs.astype(np.uint32))
-
-
-def decode_mask_rle(rle: MaskRLE) -> NDArray[np.bool_]:
-    """Decode :class:`MaskRLE` back to the (H, W) bool mask it was made from."""
-    values = np.arange(len(rle.counts)) % 2 == 1
-    return np.repeat(values, rle.counts.astype(np.int64)).reshape(rle.shape)
-
-
-@dataclass(frozen=True, slots=True)
-class DensitySummary:
-    """The density part of a metadata record: the map's integral and geometry, not its cells.
-
-    ``frame_index`` is the frame the map was computed on (it may be older than the record's frame
-    when density runs every n-th frame). Per-region counts are in ``CountResult.region_counts``.
-    """
-
-    count: float
-    shape: tuple[int, int]
-    stride: int
-    frame_index: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "shape": list(self.shape), "stride": self.stride, "frame_index": self.frame_index}
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataRecord:
-    """The branch data of one frame, published apart from the frame (RAW_STREAM_WITH_METADATA).
-
-    Joins its frame publication on ``(stream_id, frame_index, pts)``. Detections are in frame
-    pixels (``xyxy`` (N, 4) float32, ``score`` (N,) float32, ``class_id`` / ``source`` (N,)
-    int32); masks, when the model has them, are :class:`MaskRLE` encodings of the masks of
-    :class:`~pipeline.types.Detections` (mask i covers ``mask_xyxy[i]``). All host data.
-    """
-
-    stream_id: str
-    frame_index: int
-    pts: float
-    counts: CountResult
-    xyxy: NDArray[np.float32]
-    score: NDArray[np.float32]
-    class_id: NDArray[np.int32]
-    source: NDArray[np.int32]
-    mask_xyxy: NDArray[np.int32] | None
-    masks_rle: tuple[MaskRLE, ...] | None
-    density: DensitySummary | None
-    timings: Mapping[str, float]
-    overlays: tuple[OverlayInfo, ...] = ()
-    partial: bool = False
-    late_branches: tuple[str, ...] = ()
-
-    @classmethod
-    def from_detections(cls, frame: FrameMeta, dets: Detections, **fields: Any) -> MetadataRecord:
-        """Build a record for ``frame``, encoding the masks of ``dets``."""
-        return cls(
-            stream_id=frame.stream_id,
-            frame_index=frame.frame_index,
-            pts=frame.pts,
-            xyxy=dets.xyxy,
-            score=dets.score,
-            class_id=dets.class_id,
-            source=dets.source,
-            mask_xyxy=dets.mask_xyxy,
-            masks_rle=None if dets.masks is None else tuple(encode_mask_rle(m) for m in dets.masks),
-            **fields,
-        )
-
-    def detections(self) -> Detections:
-        """The detections, masks decoded."""
-        masks = None if self.masks_rle is None else tuple(decode_mask_rle(r) for r in self.masks_rle)
-        return Detections(self.xyxy, self.score, self.class_id, self.source, masks, self.mask_xyxy)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (lists and numbers), for a metadata stream or a file."""
-        c = self.counts
-        return {
-            "stream_id": self.stream_id,
-            "frame_index": self.frame_index,
-            "pts": self.pts,
-            "counts": {
-                "detection": c.detection,
-                "density": c.density,
-                "fused": c.fused,
-                "policy": c.policy,
-                "region_counts": c.region_counts.tolist(),
-                "region_source": c.region_source.tolist(),
-                "zones": dict(c.zones),
-            },
-            "detections": {
-                "xyxy": self.xyxy.tolist(),
-                "score": self.score.tolist(),
-                "class_id": self.class_id.tolist(),
-                "source": self.source.tolist(),
-                "mask_xyxy": None if self.mask_xyxy is None else self.mask_xyxy.tolist(),
-                "masks_rle": None if self.masks_rle is None else [r.to_dict() for r in self.masks_rle],
-            },
-            "density": None if self.density is None else self.density.to_dict(),
-            "timings": dict(self.timings),
-            "overlays": [{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in self.overlays],
-            "partial": self.partial,
-            "late_branches": list(self.late_branches),
-        }
-
-
 Published = FusedResult | MetadataRecord
-"""What a strategy returns: a frame publication or a metadata record (see the module docs)."""
+"""What fusion returns: a frame publication or a metadata record (see the module docs)."""
 
-
-def waited_on(result: FusedResult | MetadataRecord) -> str | None:
-    """The branch that made a finalized frame wait longest (largest ``wait_for_<branch>_ms``)."""
-    waits = {k[len("wait_for_") : -len("_ms")]: v for k, v in result.timings.items() if k.startswith("wait_for_")}
-    return max(waits, key=lambda b: waits[b]) if waits else None
+DROPPED = "dropped (queue full)"
+LATE = "late"
+WARMING_UP = "warming up"
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,10 +118,13 @@ class _Pending:
 
     meta: FrameMeta
     scheduled: frozenset[str]
+    """Due branches that took the frame: fusion waits for them."""
+    dropped: frozenset[str]
+    """Due branches that could not take it (queue full): missing, not waited for."""
     arrived_ts: float
     deadline: float
     image: NDArray[np.uint8] | None
-    frame_timings: dict[str, float]
+    frame_timings: FrameTimings
     owes_frame: bool
     """Its frame publication is still owed (STRICT_SYNC publishes at finalization)."""
     owes_metadata: bool
@@ -289,28 +134,23 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class _Finalized:
-    """A finalized frame: its result set, what ``combine`` made of it, and its timings."""
+    """A finalized frame: its result set, what ``combine`` made of it, and its fusion figures."""
 
     pending: _Pending
     results: dict[str, BranchResult]
+    missing: dict[str, str]
     detections: Detections
     density: DensityMap | None
     counts: CountResult
     overlays: tuple[OverlayInfo, ...]
-    timings: dict[str, float]
-    partial: bool
-    late: tuple[str, ...]
+    fusion_wait_ms: float
+    wait_for_ms: dict[str, float]
+    finalized_ts: float
     tile_rects: NDArray[np.float32] | None
 
 
-def _branch_timings(results: Iterable[BranchResult]) -> dict[str, float]:
-    """``<branch>.<k>`` per result and the plain ``k`` summed over them (see the module docs)."""
-    out: dict[str, float] = {}
-    for r in results:
-        for k, v in r.timings.items():
-            out[f"{r.branch}.{k}"] = float(v)
-            out[k] = out.get(k, 0.0) + float(v)
-    return out
+def _work(r: BranchResult) -> BranchTimings:
+    return BranchTimings(r.branch, r.frame.frame_index, dict(r.timings), r.done_ts)
 
 
 def _overlays(results: Mapping[str, BranchResult], now: float) -> tuple[OverlayInfo, ...]:
@@ -319,36 +159,38 @@ def _overlays(results: Mapping[str, BranchResult], now: float) -> tuple[OverlayI
     )
 
 
-def _lag_timings(overlays: tuple[OverlayInfo, ...]) -> dict[str, float]:
-    out = {f"overlay_lag_{o.branch}_ms": o.lag_ms for o in overlays}
-    if overlays:
-        out["overlay_lag_ms"] = max(o.lag_ms for o in overlays)
-    return out
-
-
 def _tile_rects(results: Mapping[str, BranchResult]) -> NDArray[np.float32] | None:
     return next((r.tile_rects for _, r in sorted(results.items()) if r.tile_rects is not None), None)
 
 
 class FusionState:
-    """Frames not yet finalized and the branch results they may still need.
+    """Frames not yet finalized, the branch results they may still need, and unreported work.
 
     One state lives through a run: a live switch hands it from the old strategy to the new one,
     which is how no frame is lost or published twice. Frames must arrive in increasing
     ``frame_index``; results may arrive before their frame (they are kept until it comes).
+    ``rates`` maps every branch to its ``every_n_frames``. A branch not in it is learnt from the
+    frames and results that name it, and is due for exactly the frames submitted to it (or dropped
+    for it); on the others it contributes its result for the latest frame it was due for.
     """
 
-    def __init__(self, combine: CombineFn, timeout_ms: float) -> None:
+    def __init__(self, combine: CombineFn, timeout_ms: float, rates: Mapping[str, int] | None = None) -> None:
         self._combine = combine
         self._timeout_s = timeout_ms / 1000.0
+        self.rates: dict[str, int] = dict(rates or {})
+        self._declared = frozenset(self.rates)
         self.pending: dict[int, _Pending] = {}
         """Frame index -> pending frame, in frame order."""
         self._results: dict[str, dict[int, tuple[BranchResult, float]]] = {}
         """Branch -> frame index -> (result, arrival time), for frames not finalized yet."""
-        self._carry: dict[str, BranchResult] = {}
-        """Branch -> its newest result for a finalized frame (used by frames it skips)."""
+        self._due_result: dict[str, BranchResult | None] = {}
+        """Branch -> its result for the latest finalized frame it was due for (None: missing there)."""
+        self._due_frame: dict[str, int] = {}
+        """Branch -> the latest finalized frame it was due for."""
         self.latest: dict[str, tuple[BranchResult, float]] = {}
         """Branch -> (its newest error-free result, arrival time), for overlays."""
+        self.unreported: list[BranchTimings] = []
+        """Branch work not yet attached to a publication (see the module docs)."""
         self.last_finalized: _Finalized | None = None
         self.last_frame_index = -1
         self.finalized_upto = -1
@@ -356,20 +198,21 @@ class FusionState:
         """Results that arrived after their frame was finalized (timed out)."""
         self.finalized_frames = 0
         self.partial_frames = 0
-        """Frames finalized without a scheduled branch's result (timed out)."""
+        """Frames finalized with a missing branch."""
 
     def add_frame(
         self,
         meta: FrameMeta,
         scheduled: Iterable[str],
         image: NDArray[np.uint8] | None,
-        frame_timings: Mapping[str, float] | None,
+        frame_timings: FrameTimings | None,
         now: float,
         *,
+        dropped: Iterable[str] = (),
         owes_frame: bool,
         owes_metadata: bool,
     ) -> _Pending:
-        """Register a decoded frame and the branches it was submitted to."""
+        """Register a decoded frame, the due branches it was submitted to and those that dropped it."""
         idx = meta.frame_index
         if idx <= self.last_frame_index:
             raise ValueError(
@@ -379,13 +222,16 @@ class FusionState:
         p = _Pending(
             meta=meta,
             scheduled=frozenset(scheduled),
+            dropped=frozenset(dropped),
             arrived_ts=now,
             deadline=now + self._timeout_s,
             image=image,
-            frame_timings=dict(frame_timings or {}),
+            frame_timings=frame_timings or FrameTimings(),
             owes_frame=owes_frame,
             owes_metadata=owes_metadata,
         )
+        for b in p.scheduled | p.dropped:
+            self.rates.setdefault(b, 1)
         for b in p.scheduled:
             early = self._results.get(b, {}).get(idx)
             if early is not None:
@@ -396,14 +242,18 @@ class FusionState:
     def add_result(self, result: BranchResult, now: float) -> None:
         """Record a branch result (possibly early, possibly late)."""
         b, idx = result.branch, result.frame.frame_index
+        self.rates.setdefault(b, 1)
         newest = self.latest.get(b)
         if result.error is None and (newest is None or newest[0].frame.frame_index < idx):
             self.latest[b] = (result, now)
         if idx <= self.finalized_upto:
+            # Late: its frame went out without it. Its work is still reported (on its own frame),
+            # and it becomes the branch's due result when it is for the latest due frame, so the
+            # frames that follow (not due for the branch) can use it.
             self.late_results += 1
-            carried = self._carry.get(b)
-            if carried is None or carried.frame.frame_index < idx:
-                self._carry[b] = result
+            self.unreported.append(_work(result))
+            if self._due_frame.get(b) == idx and result.error is None:
+                self._due_result[b] = result
             log.debug("late result of %s for finalized frame %d", b, idx)
             return
         self._results.setdefault(b, {})[idx] = (result, now)
@@ -422,70 +272,80 @@ class FusionState:
             out.append(self._finalize(head, now))
         return out
 
-    def _best(self, branch: str, frame_index: int) -> BranchResult | None:
-        """The branch's newest result for a frame <= ``frame_index`` (kept results, then carry)."""
-        kept = [i for i in self._results.get(branch, {}) if i <= frame_index]
-        if kept:
-            return self._results[branch][max(kept)][0]
-        return self._carry.get(branch)
+    def take_unreported(self) -> tuple[BranchTimings, ...]:
+        out, self.unreported = tuple(self.unreported), []
+        return out
+
+    def _is_due(self, b: str, p: _Pending) -> bool:
+        if b in self._declared:
+            return p.meta.frame_index % self.rates[b] == 0
+        return b in p.scheduled or b in p.dropped
+
+    def _set_of(self, p: _Pending) -> tuple[dict[str, BranchResult], dict[str, str]]:
+        """The result set of a frame and its missing branches (see the module docs)."""
+        idx = p.meta.frame_index
+        used: dict[str, BranchResult] = {}
+        missing: dict[str, str] = {}
+        for b in sorted(self.rates):
+            if self._is_due(b, p):
+                got = self._results.get(b, {}).get(idx)
+                if b in p.dropped:
+                    missing[b] = DROPPED
+                elif got is None:
+                    missing[b] = LATE if b in p.scheduled else "not submitted"
+                elif got[0].error is not None:
+                    missing[b] = f"failed: {got[0].error}"
+                else:
+                    used[b] = got[0]
+                continue
+            due_frame = self._due_frame.get(b)
+            if due_frame is None:
+                missing[b] = WARMING_UP
+                continue
+            if b in self._declared and due_frame != idx - idx % self.rates[b]:
+                missing[b] = f"stale: no result for frame {idx - idx % self.rates[b]}"
+                continue
+            r = self._due_result.get(b)
+            if r is None:
+                missing[b] = f"stale: no result for frame {due_frame}"
+            else:
+                used[b] = r
+        return used, missing
 
     def _finalize(self, p: _Pending, now: float) -> _Finalized:
         idx = p.meta.frame_index
-        used: dict[str, BranchResult] = {}
-        late: list[str] = []
-        for b in sorted(set(self._results) | set(self._carry) | p.scheduled):
-            if b in p.scheduled:
-                got = self._results.get(b, {}).get(idx)
-                if got is None:
-                    late.append(b)
-                    continue
-                r: BranchResult | None = got[0]
-            else:
-                r = self._best(b, idx)
-            if r is not None:
-                used[b] = r
-        ok = {b: r for b, r in used.items() if r.error is None}
-        dets, density, counts = self._combine(ok, p.meta)
-        overlays = _overlays(ok, now)
-
+        used, missing = self._set_of(p)
+        dets, density, counts = self._combine(used, p.meta, missing)
         start = min(p.result_ts.values()) if p.result_ts else p.arrived_ts
-        timings = dict(p.frame_timings)
-        timings.update(_branch_timings(r for r in used.values() if r.frame.frame_index == idx))
-        timings["fusion_wait_ms"] = (now - start) * 1000.0
-        for b in sorted(p.scheduled):
-            arrived = p.result_ts.get(b, now)
-            timings[f"wait_for_{b}_ms"] = (arrived - start) * 1000.0
-        timings.update(_lag_timings(overlays))
-        timings["end_to_end_ms"] = (now - p.meta.decode_ts) * 1000.0
-
         fin = _Finalized(
             pending=p,
-            results=ok,
+            results=used,
+            missing=missing,
             detections=dets,
             density=density,
             counts=counts,
-            overlays=overlays,
-            timings=timings,
-            partial=bool(late),
-            late=tuple(late),
-            tile_rects=_tile_rects(ok),
+            overlays=_overlays(used, now),
+            fusion_wait_ms=(now - start) * 1000.0,
+            wait_for_ms={b: (p.result_ts.get(b, now) - start) * 1000.0 for b in sorted(p.scheduled)},
+            finalized_ts=now,
+            tile_rects=_tile_rects(used),
         )
-        # Bookkeeping: the frame leaves; what later frames may need stays in the carry.
+        # Bookkeeping: the frame leaves; each branch due for it remembers its result for the frames after.
         del self.pending[idx]
         self.finalized_upto = idx
         self.last_finalized = fin
         self.finalized_frames += 1
-        self.partial_frames += bool(late)
-        for b, r in used.items():
-            self._carry[b] = r
-        for b, kept in self._results.items():
+        self.partial_frames += bool(missing)
+        for b in self.rates:
+            if self._is_due(b, p):
+                got = self._results.get(b, {}).get(idx)
+                self._due_frame[b] = idx
+                self._due_result[b] = got[0] if got is not None and got[0].error is None else None
+        for kept in self._results.values():
             for i in [i for i in kept if i <= idx]:
-                r_old = kept.pop(i)[0]
-                carried = self._carry.get(b)
-                if carried is None or carried.frame.frame_index < i:
-                    self._carry[b] = r_old
-        if late:
-            log.debug("frame %d finalized partial; late: %s", idx, ", ".join(late))
+                self.unreported.append(_work(kept.pop(i)[0]))
+        if missing:
+            log.debug("frame %d finalized with branches missing: %s", idx, missing)
         return fin
 
 
@@ -494,7 +354,20 @@ class FusionState:
 # --------------------------------------------------------------------------------------------
 
 
-def _full_result(fin: _Finalized, strategy: str) -> FusedResult:
+def _final_timings(fin: _Finalized, state: FusionState) -> StageTimings:
+    p = fin.pending
+    return StageTimings(
+        frame_index=p.meta.frame_index,
+        frame=p.frame_timings,
+        branches=state.take_unreported(),
+        fusion_wait_ms=fin.fusion_wait_ms,
+        wait_for_ms=fin.wait_for_ms,
+        overlay_lag_ms={o.branch: o.lag_ms for o in fin.overlays},
+        end_to_end_ms=(fin.finalized_ts - p.meta.decode_ts) * 1000.0,
+    )
+
+
+def _full_result(fin: _Finalized, strategy: str, state: FusionState) -> FusedResult:
     p = fin.pending
     return FusedResult(
         frame=p.meta,
@@ -502,17 +375,17 @@ def _full_result(fin: _Finalized, strategy: str) -> FusedResult:
         detections=fin.detections,
         density=fin.density,
         counts=fin.counts,
-        timings=fin.timings,
+        timings=_final_timings(fin, state),
         overlays=fin.overlays,
-        partial=fin.partial,
-        late_branches=fin.late,
+        missing=fin.missing,
         frame_image=p.image,
         tile_rects=fin.tile_rects,
         counts_frame_index=p.meta.frame_index,
+        counts_age_ms=(fin.finalized_ts - p.meta.decode_ts) * 1000.0,
     )
 
 
-def _metadata_record(fin: _Finalized) -> MetadataRecord:
+def _metadata_record(fin: _Finalized, state: FusionState) -> MetadataRecord:
     d = fin.density
     summary = None
     if d is not None:
@@ -524,249 +397,168 @@ def _metadata_record(fin: _Finalized) -> MetadataRecord:
         fin.detections,
         counts=fin.counts,
         density=summary,
-        timings=fin.timings,
+        timings=_final_timings(fin, state),
         overlays=fin.overlays,
-        partial=fin.partial,
-        late_branches=fin.late,
+        missing=fin.missing,
+        counts_age_ms=(fin.finalized_ts - fin.pending.meta.decode_ts) * 1000.0,
     )
 
 
-def _owed(finals: Iterable[_Finalized], strategy: str) -> list[Published]:
-    """Publish what each finalized frame still owes: its frame (STRICT_SYNC) or its metadata."""
-    out: list[Published] = []
-    for fin in finals:
-        if fin.pending.owes_frame:
-            out.append(_full_result(fin, strategy))
-        if fin.pending.owes_metadata:
-            out.append(_metadata_record(fin))
-    return out
-
-
 def _raw_result(p: _Pending, now: float) -> FusedResult:
-    timings = dict(p.frame_timings)
-    timings["fusion_wait_ms"] = 0.0
-    timings["end_to_end_ms"] = (now - p.meta.decode_ts) * 1000.0
+    timings = StageTimings(
+        frame_index=p.meta.frame_index,
+        frame=p.frame_timings,
+        fusion_wait_ms=0.0,
+        end_to_end_ms=(now - p.meta.decode_ts) * 1000.0,
+    )
     return FusedResult(
         frame=p.meta,
         strategy=FusionStrategyName.RAW_STREAM_WITH_METADATA.value,
         detections=Detections.empty(),
         density=None,
-        counts=NO_COUNTS,
+        counts=CountResult.unknown("raw frame: counts follow in its metadata record", "none"),
         timings=timings,
         frame_image=p.image,
-        counts_frame_index=None,
+        raw=True,
     )
 
 
 # --------------------------------------------------------------------------------------------
-# The strategies
+# The strategies: only what differs
 # --------------------------------------------------------------------------------------------
 
 
 class FusionStrategy(Protocol):
-    """One fusion strategy. Every call returns what is published now, in order."""
+    """What one strategy decides; :class:`Fusion` does the rest.
+
+    ``owes_frame``: a frame's publication waits for its finalization (else the strategy publishes
+    it from ``on_frame``). ``owes_metadata``: each frame owes a metadata record at finalization.
+    ``on_frame`` returns what the strategy publishes at once for a new frame; ``take_over`` what
+    it publishes at once on becoming current (frames the previous strategy still owed).
+    """
 
     name: str
-    state: FusionState
+    owes_frame: bool
+    owes_metadata: bool
 
-    def on_frame(
-        self,
-        meta: FrameMeta,
-        scheduled: tuple[str, ...],
-        image: NDArray[np.uint8] | None = None,
-        frame_timings: Mapping[str, float] | None = None,
-    ) -> list[Published]: ...
+    def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]: ...
 
-    def push(self, result: BranchResult) -> list[Published]: ...
-
-    def poll(self, now: float) -> list[Published]: ...
-
-    def flush(self, now: float) -> list[Published]: ...
-
-    def take_over(self, now: float) -> list[Published]: ...
+    def take_over(self, state: FusionState, now: float) -> list[Published]: ...
 
 
 class StrictSync:
-    """Publish frame N with every scheduled branch's result for N, in frame order (or partial after the timeout).
-
-    ``scheduled`` in ``on_frame`` names the branches the frame was actually submitted to: a branch
-    that was skipped (rate) or dropped (full queue) is not waited for.
-    """
+    """Publish frame N with its own result set, in frame order, at finalization."""
 
     name = FusionStrategyName.STRICT_SYNC.value
+    owes_frame = True
+    owes_metadata = False
 
-    def __init__(
-        self, combine: CombineFn, cfg: FusionConfig, clock: Clock = time.perf_counter, state: FusionState | None = None
-    ) -> None:
-        self._clock = clock
-        self.state = state if state is not None else FusionState(combine, cfg.strict_sync_timeout_ms)
+    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
+        del cfg, combine
 
-    def on_frame(
-        self,
-        meta: FrameMeta,
-        scheduled: tuple[str, ...],
-        image: NDArray[np.uint8] | None = None,
-        frame_timings: Mapping[str, float] | None = None,
-    ) -> list[Published]:
-        """Register a decoded frame; publishes it only if nothing is scheduled for it (and the frames before are out)."""
-        now = self._clock()
-        self.state.add_frame(meta, scheduled, image, frame_timings, now, owes_frame=True, owes_metadata=False)
-        return _owed(self.state.advance(now), self.name)
-
-    def push(self, result: BranchResult) -> list[Published]:
-        """Record a branch result; publishes the frames it completes."""
-        now = self._clock()
-        self.state.add_result(result, now)
-        return _owed(self.state.advance(now), self.name)
-
-    def poll(self, now: float) -> list[Published]:
-        """Publish frames whose timeout passed (partial) and the complete frames behind them."""
-        return _owed(self.state.advance(now), self.name)
-
-    def flush(self, now: float) -> list[Published]:
-        """Publish every pending frame now (partial where results are missing); at the end of a run."""
-        return _owed(self.state.advance(now, force=True), self.name)
-
-    def take_over(self, now: float) -> list[Published]:
-        """Adopt a state from another strategy: frames it already published stay published."""
-        del now
+    def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]:
         return []
+
+    def take_over(self, state: FusionState, now: float) -> list[Published]:
+        return []  # frames already published stay published; owed metadata still follows
 
 
 class AsyncOverlay:
-    """Publish every frame at once with each branch's newest result; counts of the latest finalized frame."""
+    """Publish every frame at once with each branch's newest result; counts of the latest finalized
+    frame while they are younger than ``max_count_age_ms``, else unknown (stale)."""
 
     name = FusionStrategyName.ASYNC_OVERLAY.value
+    owes_frame = False
+    owes_metadata = False
 
-    def __init__(
-        self, combine: CombineFn, cfg: FusionConfig, clock: Clock = time.perf_counter, state: FusionState | None = None
-    ) -> None:
+    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
         self._combine = combine
-        self._clock = clock
-        self.state = state if state is not None else FusionState(combine, cfg.strict_sync_timeout_ms)
-        # Cache of combine() on the newest results, keyed by (branch, frame) of each: recomputed
-        # only when a newer result arrived, not per published frame.
+        self._max_age_ms = cfg.max_count_age_ms
+        # combine() of the newest results, keyed by (branch, frame) of each: recomputed only when
+        # a newer result arrived, not per published frame.
         self._overlay_key: tuple[tuple[str, int], ...] | None = None
         self._overlay: tuple[Detections, DensityMap | None] = (Detections.empty(), None)
-        self._reported = {b: r.frame.frame_index for b, (r, _) in self.state.latest.items()}
 
-    def on_frame(
-        self,
-        meta: FrameMeta,
-        scheduled: tuple[str, ...],
-        image: NDArray[np.uint8] | None = None,
-        frame_timings: Mapping[str, float] | None = None,
-    ) -> list[Published]:
-        """Publish the frame now, with the newest overlays."""
-        now = self._clock()
-        p = self.state.add_frame(meta, scheduled, image, frame_timings, now, owes_frame=False, owes_metadata=False)
-        out = _owed(self.state.advance(now), self.name)
-        out.append(self._publish(p, now))
-        return out
+    def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]:
+        return [self._publish(state, p, now)]
 
-    def push(self, result: BranchResult) -> list[Published]:
-        """Record a branch result (it shows on the next frame); publishes only owed metadata."""
-        now = self._clock()
-        self.state.add_result(result, now)
-        return _owed(self.state.advance(now), self.name)
-
-    def poll(self, now: float) -> list[Published]:
-        """Finalize timed-out frames (they update the counts); publishes only owed metadata."""
-        return _owed(self.state.advance(now), self.name)
-
-    def flush(self, now: float) -> list[Published]:
-        """Finalize every pending frame; publishes only owed metadata."""
-        return _owed(self.state.advance(now, force=True), self.name)
-
-    def take_over(self, now: float) -> list[Published]:
-        """Publish at once, in order, the pending frames whose publication is still owed."""
+    def take_over(self, state: FusionState, now: float) -> list[Published]:
         out: list[Published] = []
-        for p in self.state.pending.values():
+        for p in state.pending.values():
             if p.owes_frame:
                 p.owes_frame = False
-                out.append(self._publish(p, now))
+                out.append(self._publish(state, p, now))
         return out
 
-    def _publish(self, p: _Pending, now: float) -> FusedResult:
-        latest = {b: r for b, (r, _) in self.state.latest.items()}
+    def _counts(self, state: FusionState, meta: FrameMeta, now: float) -> tuple[CountResult, int | None, float | None]:
+        fin = state.last_finalized
+        if fin is None:
+            warming = dict.fromkeys(state.rates, WARMING_UP) or {"*": WARMING_UP}
+            return self._combine({}, meta, warming)[2], None, None
+        k = fin.pending.meta
+        age_ms = (now - k.decode_ts) * 1000.0
+        c = fin.counts
+        if c.known and age_ms > self._max_age_ms:
+            reason = f"stale: counts of frame {k.frame_index} are {age_ms:.0f} ms old (max {self._max_age_ms:.0f})"
+            c = CountResult.unknown(reason, c.policy, tuple(c.zones))
+        return c, k.frame_index, age_ms
+
+    def _publish(self, state: FusionState, p: _Pending, now: float) -> FusedResult:
+        latest = {b: r for b, (r, _) in state.latest.items()}
         key = tuple(sorted((b, r.frame.frame_index) for b, r in latest.items()))
         if key != self._overlay_key:
-            dets, density, _ = self._combine(latest, p.meta)
+            dets, density, _ = self._combine(latest, p.meta, {})
             self._overlay, self._overlay_key = (dets, density), key
         overlays = _overlays(latest, now)
-        fresh = [r for b, r in latest.items() if self._reported.get(b) != r.frame.frame_index]
-        for r in fresh:
-            self._reported[r.branch] = r.frame.frame_index
-        timings = dict(p.frame_timings)
-        timings.update(_branch_timings(fresh))
-        timings["fusion_wait_ms"] = 0.0
-        timings.update(_lag_timings(overlays))
-        timings["end_to_end_ms"] = (now - p.meta.decode_ts) * 1000.0
-        fin = self.state.last_finalized
+        counts, counts_frame, age_ms = self._counts(state, p.meta, now)
+        fin = state.last_finalized
+        timings = StageTimings(
+            frame_index=p.meta.frame_index,
+            frame=p.frame_timings,
+            branches=state.take_unreported(),
+            fusion_wait_ms=0.0,
+            overlay_lag_ms={o.branch: o.lag_ms for o in overlays},
+            end_to_end_ms=(now - p.meta.decode_ts) * 1000.0,
+        )
         return FusedResult(
             frame=p.meta,
             strategy=self.name,
             detections=self._overlay[0],
             density=self._overlay[1],
-            counts=fin.counts if fin is not None else NO_COUNTS,
+            counts=counts,
             timings=timings,
             overlays=overlays,
+            missing=dict(fin.missing) if fin is not None else {},
             frame_image=p.image,
             tile_rects=_tile_rects(latest),
-            counts_frame_index=fin.pending.meta.frame_index if fin is not None else None,
+            counts_frame_index=counts_frame,
+            counts_age_ms=age_ms,
         )
 
 
 class RawStreamWithMetadata:
-    """Publish every frame at once without branch data, and a :class:`MetadataRecord` per frame when finalized."""
+    """Publish every frame at once without branch data, and its metadata record when finalized."""
 
     name = FusionStrategyName.RAW_STREAM_WITH_METADATA.value
+    owes_frame = False
+    owes_metadata = True
 
-    def __init__(
-        self, combine: CombineFn, cfg: FusionConfig, clock: Clock = time.perf_counter, state: FusionState | None = None
-    ) -> None:
-        self._clock = clock
-        self.state = state if state is not None else FusionState(combine, cfg.strict_sync_timeout_ms)
+    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
+        del cfg, combine
 
-    def on_frame(
-        self,
-        meta: FrameMeta,
-        scheduled: tuple[str, ...],
-        image: NDArray[np.uint8] | None = None,
-        frame_timings: Mapping[str, float] | None = None,
-    ) -> list[Published]:
-        """Publish the raw frame now; its metadata follows when its results are in."""
-        now = self._clock()
-        p = self.state.add_frame(meta, scheduled, image, frame_timings, now, owes_frame=False, owes_metadata=True)
-        out: list[Published] = [_raw_result(p, now)]
-        out.extend(_owed(self.state.advance(now), self.name))
-        return out
+    def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]:
+        return [_raw_result(p, now)]
 
-    def push(self, result: BranchResult) -> list[Published]:
-        """Record a branch result; publishes the metadata records it completes."""
-        now = self._clock()
-        self.state.add_result(result, now)
-        return _owed(self.state.advance(now), self.name)
-
-    def poll(self, now: float) -> list[Published]:
-        """Publish metadata of timed-out frames (partial) and of the complete frames behind them."""
-        return _owed(self.state.advance(now), self.name)
-
-    def flush(self, now: float) -> list[Published]:
-        """Publish the metadata of every pending frame now."""
-        return _owed(self.state.advance(now, force=True), self.name)
-
-    def take_over(self, now: float) -> list[Published]:
-        """Publish owed frames raw at once, in order; their metadata follows."""
+    def take_over(self, state: FusionState, now: float) -> list[Published]:
         out: list[Published] = []
-        for p in self.state.pending.values():
+        for p in state.pending.values():
             if p.owes_frame:
                 p.owes_frame, p.owes_metadata = False, True
                 out.append(_raw_result(p, now))
         return out
 
 
-StrategyFactory = Callable[[CombineFn, FusionConfig, Clock, FusionState | None], FusionStrategy]
+StrategyFactory = Callable[[FusionConfig, CombineFn], FusionStrategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     FusionStrategyName.STRICT_SYNC.value: StrictSync,
@@ -785,13 +577,16 @@ def strategy_name(name: str | FusionStrategyName) -> str:
 
 
 class Fusion:
-    """The current strategy, switchable at run time; every call is serialised by a lock.
+    """The skeleton every strategy shares, with the current strategy switchable at run time.
 
-    ``switch(name)`` hands the :class:`FusionState` to the new strategy: frames the old one had
-    already published are not published again, frames it still owed are published by the new one
-    (at once under ASYNC_OVERLAY and RAW_STREAM_WITH_METADATA, at finalization under STRICT_SYNC),
-    and metadata owed for raw frames is published whatever the strategy. So every frame passed to
-    ``on_frame`` is published exactly once, in frame order, across any sequence of switches.
+    ``on_frame`` registers a frame (and publishes what the strategy publishes at once), ``push``
+    a branch result, ``poll`` applies timeouts, ``flush`` finalizes everything (end of a run); each
+    then publishes what finalized frames owe: their frame (STRICT_SYNC) or their metadata record
+    (frames published raw). ``switch(name)`` hands the :class:`FusionState` to the new strategy:
+    frames the old one had already published are not published again, frames it still owed are
+    published by the new one, and owed metadata is published whatever the strategy. So every frame
+    passed to ``on_frame`` is published exactly once, in frame order, across any sequence of
+    switches. ``rates`` maps each branch to its ``every_n_frames``.
     """
 
     def __init__(
@@ -800,47 +595,56 @@ class Fusion:
         combine: CombineFn,
         cfg: FusionConfig,
         clock: Clock = time.perf_counter,
+        rates: Mapping[str, int] | None = None,
     ) -> None:
         self._combine = combine
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()
-        self._current: FusionStrategy = STRATEGIES[strategy_name(strategy)](combine, cfg, clock, None)
+        self.state = FusionState(combine, cfg.strict_sync_timeout_ms, rates)
+        self._current: FusionStrategy = STRATEGIES[strategy_name(strategy)](cfg, combine)
 
     @property
     def name(self) -> str:
         """The current strategy's name."""
         return self._current.name
 
-    @property
-    def state(self) -> FusionState:
-        return self._current.state
-
     def on_frame(
         self,
         meta: FrameMeta,
         scheduled: tuple[str, ...],
         image: NDArray[np.uint8] | None = None,
-        frame_timings: Mapping[str, float] | None = None,
+        frame_timings: FrameTimings | None = None,
+        dropped: tuple[str, ...] = (),
     ) -> list[Published]:
-        """A new decoded frame and the branches it was submitted to."""
+        """A new decoded frame, the due branches it was submitted to, and those that dropped it."""
         with self._lock:
-            return self._current.on_frame(meta, scheduled, image, frame_timings)
+            now = self._clock()
+            s = self._current
+            p = self.state.add_frame(
+                meta, scheduled, image, frame_timings, now,
+                dropped=dropped, owes_frame=s.owes_frame, owes_metadata=s.owes_metadata,
+            )
+            out = self._owed(self.state.advance(now))
+            out.extend(s.on_frame(self.state, p, now))
+            return out
 
     def push(self, result: BranchResult) -> list[Published]:
-        """A branch result."""
+        """A branch result; publishes what the frames it completes owe."""
         with self._lock:
-            return self._current.push(result)
+            now = self._clock()
+            self.state.add_result(result, now)
+            return self._owed(self.state.advance(now))
 
     def poll(self, now: float) -> list[Published]:
         """Timeouts up to ``now``."""
         with self._lock:
-            return self._current.poll(now)
+            return self._owed(self.state.advance(now))
 
     def flush(self, now: float | None = None) -> list[Published]:
         """Finalize every pending frame (end of a run)."""
         with self._lock:
-            return self._current.flush(self._clock() if now is None else now)
+            return self._owed(self.state.advance(self._clock() if now is None else now, force=True))
 
     def switch(self, name: str | FusionStrategyName) -> list[Published]:
         """Make ``name`` the current strategy; returns what it publishes on taking over."""
@@ -849,14 +653,21 @@ class Fusion:
             old = self._current
             if key == old.name:
                 return []
-            new = STRATEGIES[key](self._combine, self._cfg, self._clock, old.state)
-            out = new.take_over(self._clock())
+            new = STRATEGIES[key](self._cfg, self._combine)
+            out = new.take_over(self.state, self._clock())
             self._current = new
         log.info(
             "fusion strategy %s -> %s after frame %d (%d pending frames handed over)",
-            old.name,
-            key,
-            old.state.last_frame_index,
-            len(old.state.pending),
+            old.name, key, self.state.last_frame_index, len(self.state.pending),
         )
+        return out
+
+    def _owed(self, finals: Iterable[_Finalized]) -> list[Published]:
+        """What each finalized frame still owes: its frame (at finalization) or its metadata."""
+        out: list[Published] = []
+        for fin in finals:
+            if fin.pending.owes_frame:
+                out.append(_full_result(fin, self._current.name, self.state))
+            if fin.pending.owes_metadata:
+                out.append(_metadata_record(fin, self.state))
         return out

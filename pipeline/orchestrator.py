@@ -7,9 +7,12 @@ Threads (all named ``pc-*``, all daemon, all ended by :meth:`Orchestrator.stop`)
   own BOUNDED queue (``FusionConfig.queue_size``). When a branch's queue is full the frame is
   dropped for that branch (``on_full="drop"``, the live default; counted per
   ``"<branch>:queue_full"`` in :attr:`OrchestratorStatus.drops`, logged, and reported as a
-  ``drop`` event for the 1st and every 100th drop) and fusion does not wait for that branch on
-  that frame; ``on_full="wait"`` blocks the worker instead (files and benches, where every frame
-  must be processed). Then it hands the frame, with the branches that took it, to fusion.
+  ``drop`` event for the 1st and every 100th drop): fusion does not wait for that branch on that
+  frame, and the frame's counts say that branch is missing (``dropped (queue full)``);
+  ``on_full="wait"`` blocks the worker instead (files and benches, where every frame must be
+  processed). It hands the frame, with the branches that took it and those that dropped it, to
+  fusion. How a frame is handed over is one of three submit policies: :class:`DropWhenFull`,
+  :class:`WaitForRoom`, :class:`Sequential`.
 - ``pc-branch-<name>``, one per branch, runs ``branch.run(frame)`` (a blocking call such as
   ONNX Runtime's) on the frames of its queue and hands each result to fusion.
   With ``run_sequential=True`` there are no branch threads: the worker runs the scheduled branches
@@ -29,16 +32,21 @@ exit code: an :class:`~config.errors.AppError` as raised (``SourceError``, ``Mod
 anything else wrapped in ``StageError`` (its ``__cause__`` is the original).
 
 Sinks: ``write(result)`` gets every :class:`~pipeline.types.FusedResult`; a sink that has
-``write_metadata(record)`` (:class:`MetadataSink`) also gets the
-:class:`~pipeline.fusion.MetadataRecord` s, and one that has
-``event(kind, message, frame_index=None, data=None)`` (:class:`EventSink`, as the SQLite writer)
-gets the events: ``strategy_switch``, ``drop``, ``stall``, ``stall_end``, ``error``. The caller
-owns the source's object, the branches and the sinks: the orchestrator closes none of them.
+``write_metadata(record)`` (:class:`~pipeline.protocols.MetadataSink`) also gets the
+:class:`~pipeline.types.MetadataRecord` s, and one that has
+``event(kind, message, frame_index=None, data=None)`` (:class:`~pipeline.protocols.EventSink`, as
+the SQLite writer) gets the events: ``strategy_switch``, ``drop``, ``stall``, ``stall_end``,
+``error``. The caller owns the source's object, the branches and the sinks: the orchestrator
+closes none of them.
 
-Timings (``FusedResult.timings``; see :mod:`pipeline.fusion` for the fusion-made ones):
-``decode_ms`` (the time the worker waited for the frame: decode, and pacing of a live source),
-``queue_depth_<branch>`` (that branch's queue right after the frame was submitted), and per
-branch ``<branch>.run_ms`` (wall time of ``run``) besides the branch's own timings.
+Timings (:class:`~pipeline.types.StageTimings`; see :mod:`pipeline.fusion` for the fusion-made
+ones): :class:`~pipeline.types.FrameTimings` (``decode_ms``: the time the worker waited for the
+frame, decode and pacing of a live source; each branch queue's depth right after the frame was
+submitted), and per branch ``run_ms`` (wall time of ``run``) besides the branch's own stages.
+
+Time: every timestamp, deadline and duration comes from the injected ``clock``
+(``time.perf_counter``, the clock of ``FrameMeta.decode_ts``); threads wait on queues with short
+real timeouts and re-read the clock, so a test drives timeouts and the watchdog by hand.
 """
 
 from __future__ import annotations
@@ -51,16 +59,16 @@ from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from config.errors import AppError, StageError
 from config.schema import FusionConfig, FusionStrategyName
-from pipeline.fusion import CombineFn, Fusion, MetadataRecord, Published, strategy_name, waited_on
-from pipeline.protocols import Branch, FrameSource, Sink
-from pipeline.types import BranchResult, Frame, FrameMeta, FusedResult
+from pipeline.fusion import Clock, Fusion, Published, strategy_name
+from pipeline.protocols import Branch, CombineFn, EventSink, FrameSource, MetadataSink, Sink
+from pipeline.types import BranchResult, Frame, FrameMeta, FrameTimings, FusedResult, MetadataRecord
 
 log = logging.getLogger("people_counter.fusion")
 
@@ -68,22 +76,6 @@ RunState = Literal["IDLE", "RUNNING", "FINISHED", "STOPPED", "FAILED"]
 OnFull = Literal["drop", "wait"]
 
 _DROP_EVENT_EVERY = 100
-
-
-@runtime_checkable
-class EventSink(Protocol):
-    """A sink that also records pipeline events (optional; the SQLite writer is one)."""
-
-    def event(
-        self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None
-    ) -> None: ...
-
-
-@runtime_checkable
-class MetadataSink(Protocol):
-    """A sink that also takes RAW_STREAM_WITH_METADATA metadata records (optional)."""
-
-    def write_metadata(self, record: MetadataRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +116,11 @@ class OrchestratorStatus:
 class MemorySink:
     """A sink that keeps everything in memory (tests, benches): results, metadata records, events.
 
-    ``received_ts[i]`` is ``perf_counter()`` when ``results[i]`` arrived. Unbounded: for finite runs.
+    ``received_ts[i]`` is the clock's time when ``results[i]`` arrived. Unbounded: for finite runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.perf_counter) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.results: list[FusedResult] = []
         self.received_ts: list[float] = []
@@ -138,7 +131,7 @@ class MemorySink:
     def write(self, result: FusedResult) -> None:
         with self._lock:
             self.results.append(result)
-            self.received_ts.append(time.perf_counter())
+            self.received_ts.append(self._clock())
 
     def write_metadata(self, record: MetadataRecord) -> None:
         with self._lock:
@@ -159,7 +152,8 @@ class _FrameItem:
     meta: FrameMeta
     scheduled: tuple[str, ...]
     image: NDArray[np.uint8] | None
-    timings: dict[str, float]
+    timings: FrameTimings
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +176,65 @@ class _Heartbeat:
     frame_index: int | None = None
 
 
+class _Ports(Protocol):
+    """What a submit policy may do with a frame (the orchestrator's own methods)."""
+
+    def put_inbox(self, item: _FrameItem | BranchResult) -> bool: ...
+
+    def try_enqueue(self, branch: str, frame: Frame) -> bool: ...
+
+    def wait_enqueue(self, branch: str, frame: Frame) -> bool: ...
+
+    def run_inline(self, branch: Branch, frame: Frame) -> BranchResult | None: ...
+
+    def queue_depths(self) -> dict[str, int]: ...
+
+
+class DropWhenFull:
+    """Live sources: a due branch whose queue is full does not get the frame (a counted drop);
+    fusion gets the frame with the branches that took it and those that dropped it."""
+
+    threaded = True
+
+    def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
+        accepted = tuple(b.name for b in due if ports.try_enqueue(b.name, frame))
+        dropped = tuple(b.name for b in due if b.name not in accepted)
+        timings = replace(item.timings, queue_depths=ports.queue_depths())
+        return ports.put_inbox(replace(item, scheduled=accepted, dropped=dropped, timings=timings))
+
+
+class WaitForRoom:
+    """Files and benches: every due branch takes every frame; the worker waits for room. Fusion gets
+    the frame first, so ASYNC_OVERLAY and RAW publish it at once instead of after that wait."""
+
+    threaded = True
+
+    def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
+        timings = replace(item.timings, queue_depths=ports.queue_depths())
+        if not ports.put_inbox(replace(item, scheduled=tuple(b.name for b in due), timings=timings)):
+            return False
+        return all(ports.wait_enqueue(b.name, frame) for b in due)
+
+
+class Sequential:
+    """No branch threads: the worker runs the due branches one after the other (the baseline a
+    bench compares overlapped branches with)."""
+
+    threaded = False
+
+    def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
+        if not ports.put_inbox(replace(item, scheduled=tuple(b.name for b in due))):
+            return False
+        for b in due:
+            result = ports.run_inline(b, frame)
+            if result is None or not ports.put_inbox(result):
+                return False
+        return True
+
+
+SubmitPolicy = DropWhenFull | WaitForRoom | Sequential
+
+
 class Orchestrator:
     """Runs a source through branches and a fusion strategy into sinks (a context manager).
 
@@ -189,7 +242,8 @@ class Orchestrator:
     ``wait`` returns when the source has ended and every frame is published, or on a failure.
     ``strategy`` overrides ``cfg.strategy``. ``max_frames`` stops the source early.
     ``publish_images`` passes each frame's RGB host image on to fusion (``FusedResult.frame_image``);
-    off, results carry no pixels.
+    off, results carry no pixels. ``run_sequential`` and ``on_full`` choose the submit policy.
+    ``clock`` gives every time the orchestrator and its fusion read.
     """
 
     def __init__(
@@ -207,6 +261,7 @@ class Orchestrator:
         publish_images: bool = False,
         poll_interval_s: float = 0.01,
         stop_timeout_s: float = 5.0,
+        clock: Clock = time.perf_counter,
     ) -> None:
         names = [b.name for b in branches]
         if len(set(names)) != len(names):
@@ -217,16 +272,22 @@ class Orchestrator:
         self._branches = tuple(branches)
         self._cfg = cfg
         self._sinks = tuple(sinks)
-        self._sequential = run_sequential
-        self._on_full = on_full
+        self._policy: SubmitPolicy = Sequential() if run_sequential else (DropWhenFull() if on_full == "drop" else WaitForRoom())
+        self._clock = clock
         self._max_frames = max_frames
         self._publish_images = publish_images
         self._poll_s = poll_interval_s
         self._stop_timeout_s = stop_timeout_s
 
-        self._fusion = Fusion(strategy if strategy is not None else cfg.strategy, combine, cfg)
+        self._fusion = Fusion(
+            strategy if strategy is not None else cfg.strategy,
+            combine,
+            cfg,
+            clock=clock,
+            rates={b.name: b.every_n_frames for b in branches},
+        )
         self._queues: dict[str, queue.Queue[Any]] = (
-            {} if run_sequential else {b.name: queue.Queue(maxsize=cfg.queue_size) for b in branches}
+            {b.name: queue.Queue(maxsize=cfg.queue_size) for b in branches} if self._policy.threaded else {}
         )
         # Holds what the worker and the branches hand to fusion; bounded, and sized so that it
         # only fills when fusion or a sink falls behind (then the producers wait).
@@ -236,7 +297,7 @@ class Orchestrator:
         self._commands: queue.Queue[str] = queue.Queue(maxsize=16)
         self._events: queue.Queue[PipelineEvent] = queue.Queue(maxsize=256)
         self._event_log: deque[PipelineEvent] = deque(maxlen=1000)
-        self._heartbeats = {b.name: _Heartbeat(time.perf_counter()) for b in branches}
+        self._heartbeats = {b.name: _Heartbeat(clock()) for b in branches}
 
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -277,7 +338,7 @@ class Orchestrator:
         threads += [
             threading.Thread(target=self._branch_loop, args=(b,), name=f"pc-branch-{b.name}", daemon=True)
             for b in self._branches
-            if not self._sequential
+            if self._policy.threaded
         ]
         threads.append(threading.Thread(target=self._watchdog, name="pc-watchdog", daemon=True))
         threads.append(threading.Thread(target=self._worker, name="pc-worker", daemon=True))
@@ -288,7 +349,7 @@ class Orchestrator:
             "pipeline started: strategy %s, branches %s (%s)",
             self._fusion.name,
             ", ".join(f"{b.name}/{b.every_n_frames}" for b in self._branches),
-            "sequential" if self._sequential else "overlapped",
+            type(self._policy).__name__,
         )
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -297,6 +358,12 @@ class Orchestrator:
             raise RuntimeError("Orchestrator.wait: not started")
         self._fusion_thread.join(timeout)
         return not self._fusion_thread.is_alive()
+
+    def request_stop(self) -> None:
+        """Ask every thread to stop, without waiting (safe from a signal handler): the source stops
+        at its next frame, frames already handed to fusion are published (partial where results
+        are missing), and :meth:`wait` returns once that is done."""
+        self._stop.set()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop every thread and wait up to ``timeout`` seconds in all; False if some are still running.
@@ -376,7 +443,7 @@ class Orchestrator:
             with self._source as src:
                 frames: Iterator[Frame] = iter(src.frames())
                 while not self._stop.is_set():
-                    t0 = time.perf_counter()
+                    t0 = self._clock()
                     frame = next(frames, None)
                     if frame is None:
                         break
@@ -385,7 +452,7 @@ class Orchestrator:
                     with self._lock:
                         self._frames_decoded += 1
                         decoded = self._frames_decoded
-                    if not self._submit(frame, {"decode_ms": max(0.0, (meta.decode_ts - t0) * 1000.0)}):
+                    if not self._submit(frame, FrameTimings(decode_ms=max(0.0, (meta.decode_ts - t0) * 1000.0))):
                         break
                     if self._max_frames is not None and decoded >= self._max_frames:
                         break
@@ -396,42 +463,37 @@ class Orchestrator:
                 self._put(q, _SENTINEL)
             self._put(self._inbox, _Done("worker"))
 
-    def _submit(self, frame: Frame, timings: dict[str, float]) -> bool:
-        """Hand one frame to its branches and to fusion; False when the run is stopping."""
+    def _submit(self, frame: Frame, timings: FrameTimings) -> bool:
+        """Hand one frame to its due branches and to fusion (the submit policy); False when stopping."""
         meta = frame.meta
         due = [b for b in self._branches if meta.frame_index % b.every_n_frames == 0]
         image = frame.image if self._publish_images and frame.device == "cpu" and frame.layout == "rgb" else None
-        if self._sequential:
-            if not self._put(self._inbox, _FrameItem(meta, tuple(b.name for b in due), image, timings)):
-                return False
-            for b in due:
-                try:
-                    result = self._run_branch(b, frame)
-                except Exception as exc:
-                    self._fail(f"branch {b.name}", exc, meta.frame_index)
-                    return False
-                if not self._put(self._inbox, result):
-                    return False
-            return True
-        for name, q in self._queues.items():
-            timings[f"queue_depth_{name}"] = float(q.qsize())
-        if self._on_full == "wait":
-            # Every due branch will take the frame (the worker waits for room), so fusion gets the
-            # frame first: ASYNC_OVERLAY and RAW publish it at once instead of after that wait.
-            if not self._put(self._inbox, _FrameItem(meta, tuple(b.name for b in due), image, timings)):
-                return False
-            return all(self._enqueue(b.name, frame) for b in due)
-        accepted = [b.name for b in due if self._enqueue(b.name, frame)]
-        return self._put(self._inbox, _FrameItem(meta, tuple(accepted), image, timings))
+        return self._policy.submit(self, frame, due, _FrameItem(meta, (), image, timings))
 
-    def _enqueue(self, branch: str, frame: Frame) -> bool:
-        q = self._queues[branch]
+    # The ports a submit policy uses.
+
+    def put_inbox(self, item: _FrameItem | BranchResult) -> bool:
+        return self._put(self._inbox, item)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: q.qsize() for name, q in self._queues.items()}
+
+    def wait_enqueue(self, branch: str, frame: Frame) -> bool:
+        return self._put(self._queues[branch], frame)
+
+    def run_inline(self, branch: Branch, frame: Frame) -> BranchResult | None:
         try:
-            q.put_nowait(frame)
+            return self._run_branch(branch, frame)
+        except Exception as exc:
+            self._fail(f"branch {branch.name}", exc, frame.meta.frame_index)
+            return None
+
+    def try_enqueue(self, branch: str, frame: Frame) -> bool:
+        try:
+            self._queues[branch].put_nowait(frame)
             return True
         except queue.Full:
-            if self._on_full == "wait":
-                return self._put(q, frame)
+            pass
         with self._lock:
             key = f"{branch}:queue_full"
             self._drops[key] += 1
@@ -459,14 +521,14 @@ class Orchestrator:
 
     def _run_branch(self, branch: Branch, frame: Frame) -> BranchResult:
         hb = self._heartbeats[branch.name]
-        t0 = time.perf_counter()
+        t0 = self._clock()
         hb.frame_index = frame.meta.frame_index
         hb.busy_since = t0
         try:
             result = branch.run(frame)
         finally:
             hb.busy_since = None
-            hb.last_beat = time.perf_counter()
+            hb.last_beat = self._clock()
         t1 = hb.last_beat
         if result.branch != branch.name or result.frame.frame_index != frame.meta.frame_index:
             raise StageError(
@@ -482,7 +544,7 @@ class Orchestrator:
         frame_index: int | None = None
         try:
             while not self._stop.is_set():
-                hb.last_beat = time.perf_counter()
+                hb.last_beat = self._clock()
                 try:
                     item = q.get(timeout=self._poll_s)
                 except queue.Empty:
@@ -513,7 +575,7 @@ class Orchestrator:
                     producers.discard(item.producer)
                 elif item is not None:
                     self._deliver(self._handle(item))
-                self._deliver(self._fusion.poll(time.perf_counter()))
+                self._deliver(self._fusion.poll(self._clock()))
                 self._deliver_events()
                 if not producers:
                     finished = True
@@ -553,7 +615,7 @@ class Orchestrator:
         if isinstance(item, _FrameItem):
             with self._lock:
                 self._last_frame_index = item.meta.frame_index
-            return self._fusion.on_frame(item.meta, item.scheduled, item.image, item.timings)
+            return self._fusion.on_frame(item.meta, item.scheduled, item.image, item.timings, item.dropped)
         return self._fusion.push(item)
 
     def _run_commands(self) -> None:
@@ -588,7 +650,7 @@ class Orchestrator:
         for out in outs:
             idx = out.frame.frame_index if isinstance(out, FusedResult) else out.frame_index
             if isinstance(out, FusedResult):
-                branch = waited_on(out)
+                branch = out.timings.waited_on()
                 with self._lock:
                     self._frames_published += 1
                     if branch is not None:
@@ -660,7 +722,7 @@ class Orchestrator:
         stalled: set[str] = set()
         try:
             while not self._stop.wait(interval):
-                now = time.perf_counter()
+                now = self._clock()
                 for name, hb in self._heartbeats.items():
                     q = self._queues.get(name)
                     queued = q.qsize() if q is not None else 0

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.types import BranchResult, DensityMap, Detections, Frame, FusedResult, PreprocessOutput
+from pipeline.types import (
+    BranchResult,
+    CountResult,
+    DensityMap,
+    Detections,
+    Frame,
+    FrameMeta,
+    FusedResult,
+    MetadataRecord,
+    PreprocessOutput,
+)
+
+CombineFn = Callable[
+    [Mapping[str, BranchResult], FrameMeta, Mapping[str, str]], tuple[Detections, DensityMap | None, CountResult]
+]
+"""``combine(results, frame, missing) -> (detections, density, counts)``: the counting of one result set.
+
+``results`` maps branch name to the result used (possibly computed on an earlier frame, for a
+branch that runs every n-th frame: see :mod:`pipeline.fusion`); ``frame`` is the frame being
+finalized; ``missing`` maps each branch whose result is absent to why (``late``, ``dropped (queue
+full)``, ``failed: ...``, ``warming up``, ``stale: ...``). The counts are unknown (with a reason)
+when a missing branch is one the count needs. Fusion knows no model; the counter of
+:mod:`pipeline.frame_counter` is the one implementation.
+"""
 
 
 @runtime_checkable
@@ -88,3 +111,23 @@ class Sink(Protocol):
     def write(self, result: FusedResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class MetadataSink(Protocol):
+    """A sink that also takes RAW_STREAM_WITH_METADATA metadata records (optional)."""
+
+    def write_metadata(self, record: MetadataRecord) -> None: ...
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """A sink that also records pipeline events (optional; the SQLite writer is one).
+
+    Kinds include ``strategy_switch``, ``drop``, ``stall``, ``stall_end``, ``error`` and the
+    sources' stream events; ``frame_index`` is the frame the event concerns, ``data`` its details.
+    """
+
+    def event(
+        self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None
+    ) -> None: ...

@@ -194,26 +194,27 @@ class DensityMap:
         return float(self.density[r0:r1, c0:c1].sum(dtype=np.float64))
 
 
-RegionSource = Literal["detections", "density"]
-
-
 @dataclass(frozen=True, slots=True)
 class CountResult:
-    """People counts of one frame.
+    """People counts of one frame, or why they are unknown.
 
-    ``detection``: merged detections; ``density``: density integral (None when no density map is
-    available for this frame); ``fused``: the count of the configured policy. ``regions`` holds the
-    hybrid decision per region: (rows, cols) arrays of the count used and of the source used
-    (``region_source``: 1 = density, 0 = detections). ``zones`` maps zone name to fused count.
+    ``detection``: people from the merged detections; ``density``: the density integral;
+    ``fused``: the count of the configured ``policy``. Each is None when unknown: a count is never
+    0 for "unknown". ``unknown_reason`` says why ``fused`` is None (``late: yolo_tiles``,
+    ``dropped: yolo_tiles (queue full)``, ``failed: density``, ``warming up``, ``stale: ...``).
+    ``regions`` holds the hybrid decision per region: (rows, cols) arrays of the count used and of
+    the source used (``region_source``: 1 = density, 0 = detections); empty when unknown.
+    ``zones`` maps zone name to its fused count (None when unknown).
     """
 
-    detection: int
+    detection: int | None
     density: float | None
-    fused: float
+    fused: float | None
     policy: str
     region_counts: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     region_source: NDArray[np.int8] = field(default_factory=lambda: np.zeros((0, 0), np.int8))
-    zones: Mapping[str, float] = field(default_factory=dict)
+    zones: Mapping[str, float | None] = field(default_factory=dict)
+    unknown_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.region_counts.shape != self.region_source.shape:
@@ -221,6 +222,128 @@ class CountResult:
                 f"CountResult: region_counts {self.region_counts.shape} and region_source "
                 f"{self.region_source.shape} must have the same shape"
             )
+        if (self.fused is None) != (self.unknown_reason is not None):
+            raise ValueError(
+                f"CountResult: fused={self.fused!r} with unknown_reason={self.unknown_reason!r}; "
+                "a count is either a number or unknown with a reason"
+            )
+
+    @property
+    def known(self) -> bool:
+        return self.fused is not None
+
+    @classmethod
+    def unknown(cls, reason: str, policy: str, zone_names: tuple[str, ...] = ()) -> CountResult:
+        """A count that cannot be given for this frame, and why."""
+        return cls(
+            detection=None, density=None, fused=None, policy=policy,
+            zones=dict.fromkeys(zone_names), unknown_reason=reason,
+        )
+
+
+def missing_reason(missing: Mapping[str, str]) -> str:
+    """One line naming each missing branch and why: ``late: yolo_tiles; dropped: density (queue
+    full)``. ``missing`` maps branch to fusion's reason (``late``, ``dropped (queue full)``,
+    ``failed: <error>``, ``warming up``, ``stale: <detail>``)."""
+    parts = []
+    for b, why in sorted(missing.items()):
+        kind, _, detail = why.partition(": ")
+        if not detail and " (" in kind:
+            kind, _, rest = kind.partition(" (")
+            detail = rest.rstrip(")")
+        parts.append(f"{kind}: {b}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class BranchTimings:
+    """One branch's work on one frame: milliseconds by stage (``preprocess_ms``,
+    ``inference_model_<name>_ms``, ``prepare_batch_ms``, ``enqueue_ms``, ``stream_sync_ms``,
+    ``postprocess_ms``, ``run_ms``). ``frame_index`` is the frame the work was done on;
+    ``done_ts`` the clock time the branch finished it (``BranchResult.done_ts``; throughput)."""
+
+    branch: str
+    frame_index: int
+    stages: Mapping[str, float]
+    done_ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTimings:
+    """What the orchestrator measured for a frame before fusion: how long the worker waited for it
+    (``decode_ms``: decode, and pacing of a live source) and each branch queue's depth after it
+    was submitted."""
+
+    decode_ms: float | None = None
+    queue_depths: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimings:
+    """The timings a publication carries, each attached to the frame it belongs to.
+
+    ``frame_index`` is the published frame; ``frame`` and the fusion figures (``fusion_wait_ms``,
+    ``wait_for_ms`` per scheduled branch, ``overlay_lag_ms`` per branch, ``end_to_end_ms``) belong
+    to it. ``branches`` is the branch work this publication reports, once per (branch, frame) over
+    a run, each naming its own frame: under STRICT_SYNC and in metadata records that is always
+    ``frame_index``; under ASYNC_OVERLAY it is the work of the frames finalized since the previous
+    publication (its overlays come from them), so a cost is never credited to another frame.
+    Fusion latencies are kept apart from work. Times are milliseconds; None is "not measured".
+    """
+
+    frame_index: int
+    frame: FrameTimings = field(default_factory=FrameTimings)
+    branches: tuple[BranchTimings, ...] = ()
+    fusion_wait_ms: float | None = None
+    wait_for_ms: Mapping[str, float] = field(default_factory=dict)
+    overlay_lag_ms: Mapping[str, float] = field(default_factory=dict)
+    end_to_end_ms: float | None = None
+
+    def waited_on(self) -> str | None:
+        """The branch that made this frame wait longest (STRICT_SYNC; None when nothing was waited for)."""
+        return max(self.wait_for_ms, key=lambda b: self.wait_for_ms[b]) if self.wait_for_ms else None
+
+    def by_frame(self) -> dict[int, dict[str, float]]:
+        """The figures under their telemetry names, grouped by the frame each belongs to.
+
+        The published frame gets ``decode_ms``, ``queue_depth_<branch>``, ``fusion_wait_ms``,
+        ``wait_for_<branch>_ms``, ``overlay_lag_<branch>_ms`` and ``overlay_lag_ms`` (the largest),
+        ``end_to_end_ms``. Each branch's work goes to its own frame as ``<branch>.<stage>`` and,
+        summed over the branches of that frame, plain ``<stage>`` (the work spent on the frame).
+        This is what SQLite stores (``frame_timings`` rows) and what summaries are made of.
+        """
+        own: dict[str, float] = {}
+        f = self.frame
+        if f.decode_ms is not None:
+            own["decode_ms"] = f.decode_ms
+        for b, depth in f.queue_depths.items():
+            own[f"queue_depth_{b}"] = float(depth)
+        out: dict[int, dict[str, float]] = {self.frame_index: own}
+        for bt in self.branches:
+            row = out.setdefault(bt.frame_index, {})
+            for k, v in bt.stages.items():
+                row[f"{bt.branch}.{k}"] = float(v)
+                row[k] = row.get(k, 0.0) + float(v)
+        if self.fusion_wait_ms is not None:
+            own["fusion_wait_ms"] = self.fusion_wait_ms
+        for b, v in self.wait_for_ms.items():
+            own[f"wait_for_{b}_ms"] = v
+        for b, v in self.overlay_lag_ms.items():
+            own[f"overlay_lag_{b}_ms"] = v
+        if self.overlay_lag_ms:
+            own["overlay_lag_ms"] = max(self.overlay_lag_ms.values())
+        if self.end_to_end_ms is not None:
+            own["end_to_end_ms"] = self.end_to_end_ms
+        return out
+
+    def flat(self) -> dict[str, float]:
+        """Every figure under its telemetry name in one dict (for display; the published frame's
+        figures win a name clash with an older frame's work): the UI's charts and progress line."""
+        merged: dict[str, float] = {}
+        groups = self.by_frame()
+        for idx in sorted(groups, key=lambda i: i == self.frame_index):
+            merged.update(groups[idx])
+        return merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +351,11 @@ class BranchResult:
     """What one branch produced for one frame.
 
     ``detections`` for YOLO branches, ``density`` for density branches; ``error`` is set (and both
-    are None) when the branch failed on this frame. ``timings`` are milliseconds by telemetry name
-    (``preprocess_ms``, ``inference_model_<name>_ms``, ``prepare_batch_ms``, ``enqueue_ms``,
-    ``stream_sync_ms``, ``postprocess_ms``). ``done_ts`` is ``perf_counter()`` at completion.
+    are None) when the branch failed on this frame. ``timings`` are the branch's own stages in
+    milliseconds (``preprocess_ms``, ``inference_model_<name>_ms``, ``prepare_batch_ms``,
+    ``enqueue_ms``, ``stream_sync_ms``, ``postprocess_ms``; the orchestrator adds ``run_ms``);
+    fusion reports them as :class:`BranchTimings` of this frame. ``done_ts`` is ``perf_counter()``
+    at completion.
     """
 
     frame: FrameMeta
@@ -260,12 +385,15 @@ class FusedResult:
     """What the pipeline publishes for one frame.
 
     ``frame_image`` is the RGB host image (H, W, 3) uint8 when the consumer asked for pixels, else
-    None. ``partial`` is True when STRICT_SYNC timed out waiting for ``late_branches``.
-    ``overlays`` tells, per branch, which frame its part came from and how old it is.
-    ``counts_frame_index`` is the frame whose fused set of branch results ``counts`` was computed
-    from: the frame itself under STRICT_SYNC, the latest finalized frame under ASYNC_OVERLAY, and
-    None when ``counts`` carries no count (a raw RAW_STREAM_WITH_METADATA frame, or ASYNC_OVERLAY
-    before its first finalized frame); a sink that stores counts skips results where it is None.
+    None. ``overlays`` tells, per branch, which frame its part came from and how old it is.
+
+    The count contract: ``counts`` is the count of ``counts_frame_index`` (the frame itself under
+    STRICT_SYNC; the latest finalized frame under ASYNC_OVERLAY, None before the first), made of
+    that frame's results, ``counts_age_ms`` old at publication; or it is unknown
+    (``counts.fused is None``) with its reason. ``missing`` names the branches whose result for
+    the counted frame is absent, and why (``late``, ``dropped (queue full)``, ``failed: ...``);
+    ``partial`` is ``bool(missing)`` and ``late_branches`` the ``late`` ones. A ``raw`` publication
+    (RAW_STREAM_WITH_METADATA) carries no counts at all: they follow in its :class:`MetadataRecord`.
     """
 
     frame: FrameMeta
@@ -273,10 +401,180 @@ class FusedResult:
     detections: Detections
     density: DensityMap | None
     counts: CountResult
-    timings: Mapping[str, float]
+    timings: StageTimings
     overlays: tuple[OverlayInfo, ...] = ()
-    partial: bool = False
-    late_branches: tuple[str, ...] = ()
+    missing: Mapping[str, str] = field(default_factory=dict)
     frame_image: NDArray[np.uint8] | None = None
     tile_rects: NDArray[np.float32] | None = None
     counts_frame_index: int | None = None
+    counts_age_ms: float | None = None
+    raw: bool = False
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def late_branches(self) -> tuple[str, ...]:
+        return tuple(b for b, why in self.missing.items() if why == "late")
+
+
+# --------------------------------------------------------------------------------------------
+# The metadata record of RAW_STREAM_WITH_METADATA, and its compact masks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRLE:
+    """Run-length encoding of a 2-D boolean mask, row-major (C order).
+
+    ``counts``: (K,) uint32 run lengths, alternating False, True, False, ... and starting with a
+    run of False (0 when the first pixel is True). ``counts.sum() == shape[0] * shape[1]``.
+    """
+
+    shape: tuple[int, int]
+    counts: NDArray[np.uint32]
+
+    def __post_init__(self) -> None:
+        if self.counts.ndim != 1:
+            raise ValueError(f"MaskRLE.counts: expected shape (K,), got {tuple(self.counts.shape)}")
+        total = int(self.counts.sum(dtype=np.int64))
+        if total != self.shape[0] * self.shape[1]:
+            raise ValueError(f"MaskRLE: runs cover {total} pixels, expected {self.shape[0]}x{self.shape[1]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"shape": [h, w], "counts": [...]}``."""
+        return {"shape": list(self.shape), "counts": self.counts.tolist()}
+
+
+def encode_mask_rle(mask: NDArray[np.bool_]) -> MaskRLE:
+    """Encode a 2-D boolean mask (any truthy dtype) as :class:`MaskRLE`."""
+    m = np.asarray(mask).astype(bool, copy=False)
+    if m.ndim != 2:
+        raise ValueError(f"encode_mask_rle: expected a 2-D mask (H, W), got shape {m.shape}")
+    shape = (int(m.shape[0]), int(m.shape[1]))
+    flat = m.ravel()
+    if flat.size == 0:
+        return MaskRLE(shape, np.zeros(0, np.uint32))
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], change, [flat.size])))
+    if flat[0]:
+        runs = np.concatenate(([0], runs))
+    return MaskRLE(shape, runs.astype(np.uint32))
+
+
+def decode_mask_rle(rle: MaskRLE) -> NDArray[np.bool_]:
+    """Decode :class:`MaskRLE` back to the (H, W) bool mask it was made from."""
+    values = np.arange(len(rle.counts)) % 2 == 1
+    return np.repeat(values, rle.counts.astype(np.int64)).reshape(rle.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class DensitySummary:
+    """The density part of a metadata record: the map's integral and geometry, not its cells.
+
+    ``frame_index`` is the frame the map was computed on (it may be older than the record's frame
+    when density runs every n-th frame). Per-region counts are in ``CountResult.region_counts``.
+    """
+
+    count: float
+    shape: tuple[int, int]
+    stride: int
+    frame_index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "shape": list(self.shape), "stride": self.stride, "frame_index": self.frame_index}
+
+
+def counts_to_dict(c: CountResult) -> dict[str, Any]:
+    """JSON-ready counts; unknown numbers are null, with ``unknown_reason``."""
+    return {
+        "detection": c.detection,
+        "density": c.density,
+        "fused": c.fused,
+        "policy": c.policy,
+        "unknown_reason": c.unknown_reason,
+        "region_counts": c.region_counts.tolist(),
+        "region_source": c.region_source.tolist(),
+        "zones": dict(c.zones),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataRecord:
+    """The branch data of one frame, published apart from the frame (RAW_STREAM_WITH_METADATA).
+
+    Joins its frame publication on ``(stream_id, frame_index, pts)``. ``counts`` follow the count
+    contract of :class:`FusedResult` for this very frame. Detections are in frame pixels (``xyxy``
+    (N, 4) float32, ``score`` (N,) float32, ``class_id`` / ``source`` (N,) int32); masks, when the
+    model has them, are :class:`MaskRLE` encodings of the masks of :class:`Detections` (mask i
+    covers ``mask_xyxy[i]``). All host data.
+    """
+
+    stream_id: str
+    frame_index: int
+    pts: float
+    counts: CountResult
+    xyxy: NDArray[np.float32]
+    score: NDArray[np.float32]
+    class_id: NDArray[np.int32]
+    source: NDArray[np.int32]
+    mask_xyxy: NDArray[np.int32] | None
+    masks_rle: tuple[MaskRLE, ...] | None
+    density: DensitySummary | None
+    timings: StageTimings
+    overlays: tuple[OverlayInfo, ...] = ()
+    missing: Mapping[str, str] = field(default_factory=dict)
+    counts_age_ms: float | None = None
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+    @property
+    def late_branches(self) -> tuple[str, ...]:
+        return tuple(b for b, why in self.missing.items() if why == "late")
+
+    @classmethod
+    def from_detections(cls, frame: FrameMeta, dets: Detections, **fields: Any) -> MetadataRecord:
+        """Build a record for ``frame``, encoding the masks of ``dets``."""
+        return cls(
+            stream_id=frame.stream_id,
+            frame_index=frame.frame_index,
+            pts=frame.pts,
+            xyxy=dets.xyxy,
+            score=dets.score,
+            class_id=dets.class_id,
+            source=dets.source,
+            mask_xyxy=dets.mask_xyxy,
+            masks_rle=None if dets.masks is None else tuple(encode_mask_rle(m) for m in dets.masks),
+            **fields,
+        )
+
+    def detections(self) -> Detections:
+        """The detections, masks decoded."""
+        masks = None if self.masks_rle is None else tuple(decode_mask_rle(r) for r in self.masks_rle)
+        return Detections(self.xyxy, self.score, self.class_id, self.source, masks, self.mask_xyxy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (lists and numbers), for a metadata stream or a file."""
+        return {
+            "stream_id": self.stream_id,
+            "frame_index": self.frame_index,
+            "pts": self.pts,
+            "counts": counts_to_dict(self.counts),
+            "counts_age_ms": self.counts_age_ms,
+            "detections": {
+                "xyxy": self.xyxy.tolist(),
+                "score": self.score.tolist(),
+                "class_id": self.class_id.tolist(),
+                "source": self.source.tolist(),
+                "mask_xyxy": None if self.mask_xyxy is None else self.mask_xyxy.tolist(),
+                "masks_rle": None if self.masks_rle is None else [r.to_dict() for r in self.masks_rle],
+            },
+            "density": None if self.density is None else self.density.to_dict(),
+            "timings": {str(k): v for k, v in self.timings.by_frame().items()},
+            "overlays": [{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in self.overlays],
+            "partial": self.partial,
+            "missing": dict(self.missing),
+        }

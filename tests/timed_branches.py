@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from pipeline.types import BranchResult, CountResult, DensityMap, Detections, Frame, FrameMeta
+from pipeline.types import BranchResult, CountResult, DensityMap, Detections, Frame, FrameMeta, missing_reason
 
 
 class ManualClock:
@@ -76,12 +76,15 @@ def branch_result(
 
 
 def sum_combine(
-    results: Mapping[str, BranchResult], frame: FrameMeta
+    results: Mapping[str, BranchResult], frame: FrameMeta, missing: Mapping[str, str] | None = None
 ) -> tuple[Detections, DensityMap | None, CountResult]:
-    """A simple real counting: all detections together; the density map of the density branch, if any."""
+    """A simple real counting: all detections together; the density map of the density branch, if
+    any. Unknown (with the reason) when any branch is missing."""
     del frame
     dets = Detections.merge([r.detections for _, r in sorted(results.items()) if r.detections is not None])
     density = next((r.density for _, r in sorted(results.items()) if r.density is not None), None)
+    if missing:
+        return dets, density, CountResult.unknown(missing_reason(missing), "sum")
     dcount = None if density is None else density.count
     fused = float(len(dets)) if dcount is None else float(len(dets)) + dcount
     return dets, density, CountResult(detection=len(dets), density=dcount, fused=fused, policy="sum")
