@@ -70,7 +70,9 @@ def _pyav_source(stream: StreamConfig, device: str, on_event: EventCallback, uri
         loop=stream.loop,
         reconnect_attempts=stream.reconnect_attempts,
         reconnect_backoff_s=stream.reconnect_backoff_s,
+        reconnect_backoff_max_s=stream.reconnect_backoff_max_s,
         open_timeout_s=stream.open_timeout_s,
+        stall_timeout_s=stream.stall_timeout_s,
         on_event=on_event,
     )
 

@@ -9,10 +9,14 @@ flushed to the database before exit.
 from __future__ import annotations
 
 import argparse
+import logging
 import platform
+import re
+import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +28,12 @@ from config.errors import AppError, StageError
 from config.schema import PipelineConfig
 from pipeline.orchestrator import Orchestrator
 from pipeline.sources import is_network_uri as is_live
-from pipeline.telemetry import format_table, summarize
-from pipeline.types import FusedResult
+from pipeline.telemetry import StageAccumulator, StageStats, format_table
+from pipeline.types import CountResult, FusedResult, MetadataRecord
 from storage.export import export_counts
 from storage.writer import SqliteWriter
 
+log = logging.getLogger("people_counter.app")
 
 def load_config_with_overrides(args: argparse.Namespace) -> PipelineConfig:
     """The pipeline config with the command line's overrides applied (then validated again)."""
@@ -60,62 +65,160 @@ def versions() -> dict[str, str]:
     return out
 
 
+_REASON_KEYS = 32
+"""Distinct unknown-count reasons kept in a summary (the rest are counted under "other")."""
+
+
+def _reason_key(reason: str) -> str:
+    # "stale: counts of frame 812 are 2301 ms old" and the like: one key per kind of reason.
+    return re.sub(r"\d+(\.\d+)?", "N", reason)[:120]
+
+
 @dataclass
 class RunSummary:
-    """What a run produced, collected in memory by :class:`SummarySink` (no pixels kept)."""
+    """What a run produced, as streaming statistics (bounded memory, any run length; no pixels).
 
+    Counts follow the count contract: ``known`` frames have a number, ``unknown`` frames count
+    under their reason; means and maxima are over known frames only.
+    """
+
+    warmup: int = 5
     frames: int = 0
     partial: int = 0
-    timings: list[Mapping[str, float]] = field(default_factory=list)
-    counts: list[tuple[int, float, int, float | None]] = field(default_factory=list)
-    """(frame_index, fused, detection, density) per published frame."""
+    known: int = 0
+    unknown: int = 0
+    unknown_reasons: Counter[str] = field(default_factory=Counter)
+    people_sum: float = 0.0
+    people_max: float | None = None
+    density_sum: float = 0.0
+    density_n: int = 0
+    last: CountResult | None = None
+    last_frame: int | None = None
+    stages: StageAccumulator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stages = StageAccumulator(self.warmup)
+
+    def add_counts(self, frame_index: int, c: CountResult) -> None:
+        self.last, self.last_frame = c, frame_index
+        if c.fused is None:
+            self.unknown += 1
+            key = _reason_key(c.unknown_reason or "unknown")
+            if key not in self.unknown_reasons and len(self.unknown_reasons) >= _REASON_KEYS:
+                key = "other"
+            self.unknown_reasons[key] += 1
+        else:
+            self.known += 1
+            self.people_sum += c.fused
+            self.people_max = c.fused if self.people_max is None else max(self.people_max, c.fused)
+        if c.density is not None:
+            self.density_sum += c.density
+            self.density_n += 1
+
+    @property
+    def mean_people(self) -> float | None:
+        return self.people_sum / self.known if self.known else None
 
 
 class SummarySink:
-    """Keeps timings and counts for the final table, and prints a progress line."""
+    """Keeps streaming statistics of timings and counts for the final table, and prints a progress line."""
 
-    def __init__(self, total: int | None, stream: TextIO | None = sys.stderr) -> None:
-        self.summary = RunSummary()
+    def __init__(self, total: int | None, stream: TextIO | None = sys.stderr, warmup: int = 5) -> None:
+        self.summary = RunSummary(warmup=warmup)
         self._total = total
         self._stream = stream
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
         self._last_print = 0.0
 
-    def write_metadata(self, record: Any) -> None:
+    def write_metadata(self, record: MetadataRecord) -> None:
         """RAW_STREAM_WITH_METADATA: counts arrive in metadata records, apart from the frames."""
         with self._lock:
-            c = record.counts
-            self.summary.counts.append((record.frame_index, c.fused, c.detection, c.density))
-            self.summary.timings.append(dict(record.timings))
+            self.summary.add_counts(record.frame_index, record.counts)
+            self.summary.stages.add(record.timings)
 
     def write(self, result: FusedResult) -> None:
         with self._lock:
             s = self.summary
             s.frames += 1
             s.partial += int(result.partial)
-            c = result.counts
-            if result.counts_frame_index is not None:
-                s.timings.append(dict(result.timings))
-                s.counts.append((result.frame.frame_index, c.fused, c.detection, c.density))
+            if not result.raw:
+                s.stages.add(result.timings)
+                s.add_counts(result.frame.frame_index, result.counts)
             now = time.perf_counter()
-            if not s.counts:
+            if s.last is None or self._stream is None:
                 return
-            _c_frame, fused, det, dens_v = s.counts[-1]
-            if self._stream is not None and (now - self._last_print > 0.5 or s.frames == self._total):
+            if now - self._last_print > 0.5 or s.frames == self._total:
                 self._last_print = now
                 fps = s.frames / max(now - self._t0, 1e-9)
                 total = f"/{self._total}" if self._total else ""
-                dens = "-" if dens_v is None else f"{dens_v:.1f}"
+                e2e = result.timings.end_to_end_ms or 0.0
                 self._stream.write(
-                    f"\rframe {result.frame.frame_index + 1}{total}  {fps:5.2f} fps  people {fused:6.1f} "
-                    f"(detections {det}, density {dens})  e2e {result.timings.get('end_to_end_ms', 0):8.1f} ms   "
+                    f"\rframe {result.frame.frame_index + 1}{total}  {fps:5.2f} fps  people {format_counts(s.last)}"
+                    f"  e2e {e2e:8.1f} ms   "
                 )
                 self._stream.flush()
 
     def close(self) -> None:
         if self._stream is not None and self.summary.frames:
             self._stream.write("\n")
+
+
+def format_counts(c: CountResult) -> str:
+    """``12.0 (detections 12, density 14.2)``, or ``unknown (late: yolo_tiles)``: never 0 for unknown."""
+    if c.fused is None:
+        return f"unknown ({c.unknown_reason})"
+    det = "unknown" if c.detection is None else str(c.detection)
+    dens = "-" if c.density is None else f"{c.density:.1f}"
+    return f"{c.fused:.1f} (detections {det}, density {dens})"
+
+
+_SIGNAL_STATUS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+"""The run's end status and the exit code of each stop signal."""
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM, once or repeated, ask the pipeline to stop instead of killing it.
+
+    The first signal decides the run's end status (``interrupted`` / ``terminated``) and exit code
+    (130 / 143); later ones are logged and ignored, so a double Ctrl-C still ends cleanly with
+    everything flushed. Installed only in the main thread (Python's rule); restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._on_stop: Callable[[], None] | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNAL_STATUS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def on_stop(self, fn: Callable[[], None] | None) -> None:
+        self._on_stop = fn
+        if fn is not None and self.received is not None:
+            fn()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        sig = signal.Signals(signum)
+        if self.received is not None:
+            log.warning("%s again: already stopping, flushing what was recorded", sig.name)
+            return
+        self.received = sig
+        log.warning("%s: stopping; in-flight frames are published as partial, then the database is flushed", sig.name)
+        if self._on_stop is not None:
+            self._on_stop()
+
+    @property
+    def outcome(self) -> tuple[str, int] | None:
+        return None if self.received is None else _SIGNAL_STATUS[self.received]
 
 
 def run_pipeline(
@@ -131,23 +234,40 @@ def run_pipeline(
     """Run the configured pipeline to its end. Returns (exit code, summary, run id).
 
     ``drive(orchestrator, run_id, writer)`` blocks while the run goes on (the GUI's event loop); by
-    default the run goes to the end of the stream (or ``max_frames``).
+    default the run goes to the end of the stream (or ``max_frames``). SIGINT / SIGTERM stop it
+    cleanly (exit 130 / 143, run ``interrupted`` / ``terminated``); a source that reported decode
+    errors ends ``completed_with_errors``.
     """
-    writer = SqliteWriter.from_config(cfg.storage).start()
+    with _StopSignals() as signals:
+        writer = SqliteWriter.from_config(cfg.storage).start()
+        try:
+            return _run(cfg, writer, signals, out, progress, extra_sinks, run_sequential, publish_images, drive)
+        finally:
+            writer.close()
+
+
+def _run(
+    cfg: PipelineConfig,
+    writer: SqliteWriter,
+    signals: _StopSignals,
+    out: TextIO,
+    progress: TextIO | None,
+    extra_sinks: tuple[Any, ...],
+    run_sequential: bool,
+    publish_images: bool,
+    drive: Callable[[Orchestrator, int, SqliteWriter], None] | None,
+) -> tuple[int, RunSummary, int]:
+    stream = cfg.streams[0]
+    source = make_source(stream, cfg.backend.device, on_event=writer.event, ring_depth=gpu_ring_depth(cfg))
+    opener = getattr(source, "open", None)
+    if opener is not None:
+        opener()  # a missing or unreadable video fails here, before anything is recorded
+    branches = make_branches(cfg)
     try:
-        source = make_source(
-            cfg.streams[0], cfg.backend.device, on_event=lambda k, m: writer.event(k, m), ring_depth=gpu_ring_depth(cfg)
-        )
-        opener = getattr(source, "open", None)
-        if opener is not None:
-            opener()  # a missing or unreadable video fails here, before anything is recorded
-        branches = make_branches(cfg)
         if cfg.backend.device == "gpu":  # cold kernels take seconds: not on the first frames of a live stream
             warm_up_branches(cfg, branches, runs=2)
-        run_id = writer.start_run(
-            cfg.model_dump(mode="json"), versions(), cfg.streams[0].uri, cfg.fusion.strategy.value
-        )
-        summary_sink = SummarySink(cfg.max_frames, progress)
+        run_id = writer.start_run(cfg.model_dump(mode="json"), versions(), stream.uri, cfg.fusion.strategy.value)
+        summary_sink = SummarySink(cfg.max_frames, progress, warmup=cfg.telemetry.warmup_frames)
         orch = Orchestrator(
             source,
             branches,
@@ -157,72 +277,74 @@ def run_pipeline(
             max_frames=cfg.max_frames,
             run_sequential=run_sequential,
             # a file is not live: decode waits for the branches instead of dropping frames
-            on_full="drop" if is_live(cfg.streams[0].uri) or cfg.streams[0].realtime else "wait",
+            on_full="drop" if is_live(stream.uri) or stream.realtime else "wait",
             publish_images=publish_images,
         )
-        status = "completed"
-        code = 0
+        status, code = "completed", 0
         try:
             with orch:
+                signals.on_stop(orch.request_stop)
                 if drive is None:
                     orch.wait()
                 else:
                     drive(orch, run_id, writer)
-            st = orch.status
-            if st.state == "FAILED":
-                status = "failed"
-                err = orch.error
-                code = err.exit_code if isinstance(err, AppError) else StageError.exit_code
-                print(f"error: pipeline failed: {st.error}", file=sys.stderr)
-        except KeyboardInterrupt:
-            status = "interrupted"
-            code = 130
+        except KeyboardInterrupt:  # a signal handler other than ours (not the main thread)
+            status, code = "interrupted", 130
         finally:
-            summary_sink.close()
-            for b in branches:
-                b.close()
-            st = orch.status
-            summary = _summary_dict(summary_sink.summary, st, cfg)
-            writer.end_run(status, summary)
+            signals.on_stop(None)
+        st = orch.status
+        if st.state == "FAILED":
+            status = "failed"
+            err = orch.error
+            code = err.exit_code if isinstance(err, AppError) else StageError.exit_code
+            print(f"error: pipeline failed: {st.error}", file=sys.stderr)
+        elif signals.outcome is not None:
+            status, code = signals.outcome
+        elif getattr(source, "errors", 0):
+            status = "completed_with_errors"
+        summary_sink.close()
+        summary = _summary_dict(summary_sink.summary, st)
+        writer.end_run(status, summary)
         _print_report(summary_sink.summary, summary, cfg, out)
         return code, summary_sink.summary, run_id
     finally:
-        writer.close()
+        for b in branches:
+            b.close()
 
 
-def _summary_dict(s: RunSummary, status: Any, cfg: PipelineConfig) -> dict[str, Any]:
-    stats = summarize(s.timings, warmup=cfg.telemetry.warmup_frames)
-    fused = [c[1] for c in s.counts]
+def _summary_dict(s: RunSummary, status: Any) -> dict[str, Any]:
     return {
         "frames_published": s.frames,
         "partial_frames": getattr(status, "partial_frames", s.partial),
         "drops": dict(getattr(status, "drops", {}) or {}),
         "waited_on": dict(getattr(status, "waited_on", {}) or {}),
-        "mean_people": (sum(fused) / len(fused)) if fused else None,
-        "max_people": max(fused) if fused else None,
-        "stages": {k: v.as_dict() for k, v in stats.items()},
+        "counted_frames": s.known,
+        "unknown_frames": s.unknown,
+        "unknown_reasons": dict(s.unknown_reasons.most_common()),
+        "mean_people": s.mean_people,
+        "max_people": s.people_max,
+        "stages": {k: v.as_dict() for k, v in s.stages.stats().items()},
     }
 
 
+def _main_stages(stats: Mapping[str, StageStats]) -> dict[str, StageStats]:
+    return {k: v for k, v in stats.items() if "." not in k and not k.startswith("queue_depth")}
+
+
 def _print_report(s: RunSummary, summary: Mapping[str, Any], cfg: PipelineConfig, out: TextIO) -> None:
-    stats = summarize(s.timings, warmup=cfg.telemetry.warmup_frames)
-    main_stages = {k: v for k, v in stats.items() if "." not in k and not k.startswith("queue_depth")}
-    out.write(f"\nper-stage latency (ms, first {cfg.telemetry.warmup_frames} frames skipped when there are more):\n")
-    if all(v.n == 0 for v in main_stages.values()):
-        main_stages = summarize(s.timings, warmup=0)
-        main_stages = {k: v for k, v in main_stages.items() if "." not in k and not k.startswith("queue_depth")}
-    out.write(format_table(main_stages) + "\n")
+    out.write(f"\nper-stage latency (ms, first {cfg.telemetry.warmup_frames} samples of each stage skipped):\n")
+    out.write(format_table(_main_stages(s.stages.stats())) + "\n")
     out.write(f"\nframes published: {s.frames}   partial: {summary['partial_frames']}   drops: {summary['drops'] or 'none'}\n")
-    if s.counts:
-        last = s.counts[-1]
-        dens = [c[3] for c in s.counts if c[3] is not None]
-        out.write(
-            f"people: last frame {last[1]:.1f} (detections {last[2]}"
-            + (f", density {last[3]:.1f}" if last[3] is not None else "")
-            + f")   mean {summary['mean_people']:.1f}   max {summary['max_people']:.1f}"
-            + (f"   density mean {sum(dens) / len(dens):.1f}" if dens else "")
-            + f"   [{cfg.counting.policy}]\n"
-        )
+    if s.last is not None:
+        line = f"people: last frame {format_counts(s.last)}"
+        if s.known:
+            line += f"   mean {s.mean_people:.1f}   max {s.people_max:.1f} over {s.known} counted frames"
+        if s.density_n:
+            line += f"   density mean {s.density_sum / s.density_n:.1f}"
+        out.write(line + f"   [{cfg.counting.policy}]\n")
+        if s.unknown:
+            reasons = ", ".join(f"{k} ({n})" for k, n in s.unknown_reasons.most_common(5))
+            out.write(f"unknown counts: {s.unknown} frames: {reasons}\n")
     out.flush()
 
 

@@ -3,7 +3,9 @@
 The worker calls :meth:`LatestResultSink.write` for every published frame and never waits on the
 UI; the UI thread calls :meth:`LatestResultSink.take` on its own clock (a ~30 Hz timer). A result
 the UI had no time to show is replaced by the next one and counted as skipped, never queued, so
-a slow UI costs nothing but skipped frames. The sink also tracks a coarse run state from the
+a slow UI costs nothing but skipped frames. Under RAW_STREAM_WITH_METADATA the counts travel apart
+from the frames: :meth:`LatestResultSink.write_metadata` keeps the newest metadata record, which
+the window shows beside the raw frame, labelled with the frame it belongs to. The sink also tracks a coarse run state from the
 stream itself (STARTING until the first result, RUNNING, STOPPED once closed); a failure reaches
 the window through the controller's status (the orchestrator's), not through this sink.
 
@@ -16,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pipeline.types import FusedResult
+from pipeline.types import FusedResult, MetadataRecord
 
 
 class RunState(StrEnum):
@@ -70,6 +72,7 @@ class LatestResultSink:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: FusedResult | None = None
+        self._metadata: MetadataRecord | None = None
         self._written = 0
         self._taken = 0
         self._skipped = 0
@@ -88,6 +91,18 @@ class LatestResultSink:
             self._latest = result
             if self._status.state is RunState.STARTING:
                 self._status = PipelineStatus(RunState.RUNNING)
+
+    def write_metadata(self, record: MetadataRecord) -> None:
+        """Keep the newest metadata record (RAW_STREAM_WITH_METADATA counts, as they arrive)."""
+        with self._lock:
+            if self._metadata is None or record.frame_index > self._metadata.frame_index:
+                self._metadata = record
+
+    @property
+    def latest_metadata(self) -> MetadataRecord | None:
+        """The newest metadata record, or None (it stays until a newer one replaces it)."""
+        with self._lock:
+            return self._metadata
 
     def take(self) -> FusedResult | None:
         """The newest result not taken yet, or None when nothing new arrived since the last call."""

@@ -159,7 +159,7 @@ class TelemetryCharts(QWidget):
         if self._last_index is not None and index < self._last_index:
             self.clear()
         self._last_index = index
-        timings = dict(result.timings)
+        timings = result.timings.flat()
         if extra_timings:
             timings.update(extra_timings)
         for overlay in result.overlays:
@@ -168,7 +168,9 @@ class TelemetryCharts(QWidget):
         c = result.counts
         self.stages.series.add(index, stages)
         self.end_to_end.series.add(index, e2e)
-        self.counts.series.add(index, {"fused": c.fused, "detection": float(c.detection), "density": c.density})
+        if not result.raw:  # unknown counts are gaps (None), never 0
+            detection = None if c.detection is None else float(c.detection)
+            self.counts.series.add(index, {"fused": c.fused, "detection": detection, "density": c.density})
         self._dirty = True
 
     def refresh(self) -> None:

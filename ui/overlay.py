@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen
 
-from pipeline.types import GLOBAL_SOURCE, Detections, FusedResult
+from pipeline.types import GLOBAL_SOURCE, CountResult, Detections, FusedResult, MetadataRecord, missing_reason
 from ui.qt_fixes import apply_qt_workarounds
 
 RGB = tuple[int, int, int]
@@ -185,26 +185,56 @@ def _draw_boxes(painter: QPainter, detections: Detections, sx: float, sy: float,
         painter.drawRect(QRectF(x0, y0, x1 - x0, y1 - y0))
 
 
-def counts_lines(result: FusedResult) -> list[tuple[str, RGB]]:
+UNKNOWN_COLOR: RGB = (255, 190, 60)
+"""Unknown or stale counts: amber, never drawn as a fresh number."""
+
+DIM: RGB = (200, 200, 200)
+
+
+def _count_text(c: CountResult) -> tuple[str, str]:
+    if c.fused is None:
+        return "people unknown", f"({c.unknown_reason})"
+    det = "unknown" if c.detection is None else str(c.detection)
+    density = "n/a" if c.density is None else f"{c.density:.1f}"
+    return f"people {c.fused:.1f}   (policy {c.policy})", f"detections {det}   density {density}"
+
+
+def counts_lines(result: FusedResult, metadata: MetadataRecord | None = None) -> list[tuple[str, RGB]]:
     """The text block of a result, line by line with its colour.
 
-    Fused / detection / density counts, the policy, strategy and frame, the partial flag with the
-    late branches, and the age of each branch's overlay.
+    The count contract on screen: a count is drawn white only when it is the count of the frame on
+    screen; counts of an older frame (ASYNC_OVERLAY) say which frame and how old; unknown counts
+    say why, in amber. A raw RAW_STREAM_WITH_METADATA frame shows the newest ``metadata`` record's
+    counts, labelled with its frame. Then the missing branches and each branch's overlay age.
     """
-    c = result.counts
-    density = "n/a" if c.density is None else f"{c.density:.1f}"
     white: RGB = (255, 255, 255)
-    lines: list[tuple[str, RGB]] = [
-        (f"people {c.fused:.1f}   (policy {c.policy})", white),
-        (f"detections {c.detection}   density {density}", white),
-        (f"{result.strategy}   frame {result.frame.frame_index}", (200, 200, 200)),
-    ]
-    if result.partial:
-        late = ", ".join(result.late_branches) or "?"
-        lines.append((f"PARTIAL: late {late}", PARTIAL_COLOR))
+    idx = result.frame.frame_index
+    lines: list[tuple[str, RGB]] = []
+    if result.raw:
+        if metadata is None:
+            lines.append(("people: waiting for the first metadata record", UNKNOWN_COLOR))
+        else:
+            head, detail = _count_text(metadata.counts)
+            color = white if metadata.frame_index == idx and metadata.counts.known else UNKNOWN_COLOR
+            lines.append((head, color if metadata.counts.known else UNKNOWN_COLOR))
+            lines.append((detail, DIM))
+            if metadata.frame_index != idx:
+                lines.append((f"counts of frame {metadata.frame_index} ({idx - metadata.frame_index} frames behind)", UNKNOWN_COLOR))
+    else:
+        c = result.counts
+        head, detail = _count_text(c)
+        fresh = c.known and result.counts_frame_index == idx
+        lines.append((head, white if fresh else UNKNOWN_COLOR))
+        lines.append((detail, DIM))
+        if c.known and result.counts_frame_index is not None and result.counts_frame_index != idx:
+            age = "" if result.counts_age_ms is None else f", {result.counts_age_ms:.0f} ms old"
+            lines.append((f"counts of frame {result.counts_frame_index}{age}", UNKNOWN_COLOR))
+    lines.append((f"{result.strategy}   frame {idx}", DIM))
+    if result.missing:
+        lines.append(("PARTIAL: " + missing_reason(result.missing), PARTIAL_COLOR))
     if result.overlays:
         ages = "   ".join(f"{o.branch} {o.lag_ms:.0f} ms" for o in result.overlays)
-        lines.append((f"age: {ages}", (200, 200, 200)))
+        lines.append((f"age: {ages}", DIM))
     return lines
 
 
@@ -240,8 +270,12 @@ def render_overlay(
     size: tuple[int, int],
     options: OverlayOptions = OverlayOptions(),
     image: NDArray[np.uint8] | None = None,
+    metadata: MetadataRecord | None = None,
 ) -> QImage:
     """Draw ``result`` over its frame at ``size`` (w, h) and return it as a new RGB32 image.
+
+    ``metadata``: the newest metadata record, whose counts a raw RAW_STREAM_WITH_METADATA frame
+    shows (see :func:`counts_lines`).
 
     ``image`` replaces ``result.frame_image`` (for example the last frame seen, when a metadata-only
     result carries no pixels); with neither, the layers are drawn on a dark background. Boxes,
@@ -271,7 +305,7 @@ def render_overlay(
         if options.boxes and len(dets):
             _draw_boxes(painter, dets, sx, sy, options.box_width)
         if options.text:
-            _draw_text(painter, counts_lines(result), h)
+            _draw_text(painter, counts_lines(result, metadata), h)
     finally:
         painter.end()
     return out

@@ -269,7 +269,7 @@ class MainWindow(QMainWindow):
         if image is None and last is not None and last.shape[:2] == (result.frame.height, result.frame.width):
             image = last  # metadata-only results (RAW_STREAM_WITH_METADATA) keep showing the last pixels
         size = self.video.render_size(result.frame.width, result.frame.height)
-        qimage = render_overlay(result, size, self._options, image)
+        qimage = render_overlay(result, size, self._options, image, self._sink.latest_metadata)
         qimage.setDevicePixelRatio(self.video.devicePixelRatioF())
         self.video.set_image(qimage)
         return (time.perf_counter() - t0) * 1000.0
@@ -311,11 +311,8 @@ class MainWindow(QMainWindow):
         self.rate_label.setText(f"display {display_fps:4.1f} fps   stream {stream_fps:4.1f} fps")
         stats = self._sink.stats
         text = f"shown {stats.taken}   skipped {stats.skipped}"
-        if self._last_result is not None:
-            # Queue drop counters travel in the timings under names with "drop" in them.
-            drops = [v for k, v in self._last_result.timings.items() if "drop" in k]
-            if drops:
-                text += f"   pipeline drops {sum(drops):.0f}"
+        if self._last_result is not None and self._last_result.missing:
+            text += "   missing: " + ", ".join(sorted(self._last_result.missing))
         self.drop_label.setText(text)
 
     # -- controls ----------------------------------------------------------------------------

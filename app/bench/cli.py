@@ -15,6 +15,7 @@ from app.bench.scenarios import RunResult, run_pipeline_bench, run_preprocess
 from app.build import gpu_ring_depth, make_branches, make_source, warm_up_branches
 from app.headless import load_config_with_overrides
 from config.errors import ConfigError
+from pipeline.sources import ignore_event
 
 WARMUP_RUNS = 2
 """Runs of each branch on the first frame after loading, before any scenario (besides each run's warm-up frames)."""
@@ -45,7 +46,7 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         raise ConfigError(f"--out {out_dir}: cannot create the folder: {exc}") from None
 
     # fail fast on a bad source, before models load
-    probe = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: None, ring_depth=gpu_ring_depth(cfg))
+    probe = make_source(cfg.streams[0], cfg.backend.device, on_event=ignore_event, ring_depth=gpu_ring_depth(cfg))
     opener = getattr(probe, "open", None)
     if opener is not None:
         opener()

@@ -2,9 +2,9 @@
 pipeline (``e2e`` overlapped, ``sequential``), each returning a :class:`RunResult` of per-frame
 timing rows and frame rates (definitions in :mod:`app.bench`).
 
-The branch wrapping that records each branch's own timings per frame (:class:`_TimedBranch`,
-:func:`_with_branch_work`) is kept together here: it works around fusion attaching a branch's
-timings to the frame it is published with, and goes once results carry typed stage timings.
+Rows come from the publications' :class:`~pipeline.types.StageTimings`, grouped by the frame each
+figure belongs to (``by_frame()``), as SQLite stores them: the bench and the database agree on
+which frame a cost belongs to, under every strategy.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from config.schema import PipelineConfig
 from pipeline.orchestrator import MemorySink, Orchestrator
 from pipeline.preprocess import NumpyPreprocessor
 from pipeline.telemetry import StageStats, summarize
-from pipeline.types import BranchResult, Frame
+from pipeline.types import Frame
 
 log = logging.getLogger("people_counter.bench")
 
@@ -57,28 +57,9 @@ class RunResult:
         return summarize(self.measured_rows(), warmup=0)
 
 
-class _TimedBranch:
-    """Wraps a branch: notes when it finished each frame (for the throughput window) and the
-    timings of its result for that frame (with ``run_ms``, the wall time of ``run``)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.every_n_frames = inner.every_n_frames
-        self.done: dict[int, float] = {}
-        self.timings: dict[int, dict[str, float]] = {}
-
-    def run(self, frame: Frame) -> BranchResult:
-        t0 = time.perf_counter()
-        result = self.inner.run(frame)
-        t1 = time.perf_counter()
-        idx = frame.meta.frame_index
-        self.timings[idx] = {**result.timings, "run_ms": (t1 - t0) * 1e3}
-        self.done[idx] = t1
-        return result
-
-    def close(self) -> None:  # the bench closes the real branches once, at the end
-        pass
+def _log_event(kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
+    del frame_index, data
+    log.info("%s: %s", kind, message)
 
 
 def _rate(n: int, t0: float, t1: float) -> float:
@@ -93,33 +74,6 @@ def _window_fps(ts: Mapping[int, float], warmup: int, t_start: float) -> tuple[f
     before = [t for i, t in ts.items() if i < warmup]
     t0 = max(before) if before else t_start
     return _rate(len(measured), t0, max(ts.values())), len(measured)
-
-
-def _with_branch_work(rows: Mapping[int, dict[str, float]], timed: Sequence[_TimedBranch]) -> dict[int, dict[str, float]]:
-    """Each frame's row with the branch work done ON that frame.
-
-    Fusion attaches a branch result's timings to a published frame: under STRICT_SYNC the frame
-    it was computed on, under ASYNC_OVERLAY the first frame published after it arrived (a later
-    one; results that arrive after the last publication are never reported). So that strategies
-    compare, the bench replaces those keys by what each branch returned for the frame it ran on:
-    ``<branch>.<key>`` and the plain ``<key>`` summed over the branches (fusion's own naming).
-    Fusion-made keys (``decode_ms``, ``fusion_wait_ms``, ``overlay_lag*``, ``end_to_end_ms``...)
-    stay as published.
-    """
-    names = {b.name for b in timed}
-    work_keys = {k for b in timed for t in b.timings.values() for k in t}
-    out: dict[int, dict[str, float]] = {}
-    for idx, row in rows.items():
-        new = {k: v for k, v in row.items() if k not in work_keys and k.split(".", 1)[0] not in names}
-        for b in timed:
-            t = b.timings.get(idx)
-            if t is None:
-                continue
-            for k, v in t.items():
-                new[f"{b.name}.{k}"] = v
-                new[k] = new.get(k, 0.0) + v
-        out[idx] = new
-    return out
 
 
 def _sync_device(tensor: Any) -> None:
@@ -149,7 +103,7 @@ def run_preprocess(cfg: PipelineConfig, frames: int, warmup: int) -> RunResult:
     """Decode + preprocess for every enabled spec, one frame after the other."""
     pres = _make_preprocessors(cfg)
     res = RunResult("preprocess", None, "preprocess", warmup=warmup)
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m), ring_depth=gpu_ring_depth(cfg))
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=_log_event, ring_depth=gpu_ring_depth(cfg))
     done: dict[int, float] = {}
     first_gpu_frame: Frame | None = None
     t_start = time.perf_counter()
@@ -202,15 +156,14 @@ def run_pipeline_bench(
     """The whole pipeline on ``frames`` frames with one strategy, branches overlapped or sequential."""
     scenario = "sequential" if sequential else "e2e"
     res = RunResult(scenario, strategy, "sequential" if sequential else "overlapped", warmup=warmup)
-    source = make_source(cfg.streams[0], cfg.backend.device, on_event=lambda k, m: log.info("%s: %s", k, m), ring_depth=gpu_ring_depth(cfg))
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=_log_event, ring_depth=gpu_ring_depth(cfg))
     opener = getattr(source, "open", None)
     if opener is not None:
         opener()
-    timed = [_TimedBranch(b) for b in branches]
     sink = MemorySink()
     orch = Orchestrator(
         source,
-        timed,
+        branches,
         make_counter(cfg),
         cfg.fusion,
         sinks=(sink,),
@@ -229,19 +182,19 @@ def run_pipeline_bench(
         err = orch.error
         raise err if isinstance(err, AppError) else StageError(f"bench {res.key}: {st.error}")
 
-    # rows: frame publications; RAW_STREAM publishes branch data in metadata records instead
-    by_frame: dict[int, dict[str, float]] = {r.frame.frame_index: dict(r.timings) for r in sink.results}
-    if sink.metadata:
-        for rec in sink.metadata:
-            row = by_frame.setdefault(rec.frame_index, {})
-            row.update(rec.timings)
-    res.rows = sorted(_with_branch_work(by_frame, timed).items())
+    # rows: every figure under the frame it belongs to (frame publications and, under
+    # RAW_STREAM_WITH_METADATA, the metadata records that carry the branch work)
+    by_frame: dict[int, dict[str, float]] = {}
+    done: dict[int, float] = {}
+    for t in [r.timings for r in sink.results] + [m.timings for m in sink.metadata]:
+        for idx, row in t.by_frame().items():
+            by_frame.setdefault(idx, {}).update(row)
+        for bt in t.branches:
+            done[bt.frame_index] = max(done.get(bt.frame_index, 0.0), bt.done_ts)
+    res.rows = sorted(by_frame.items())
     res.frames = len(sink.results)
     published = {r.frame.frame_index: ts for r, ts in zip(sink.results, sink.received_ts, strict=True)}
-    completed: dict[int, float] = {}
-    for idx, ts in published.items():
-        finished = [b.done[idx] for b in timed if idx in b.done]
-        completed[idx] = max(finished) if finished else ts
+    completed = {idx: done.get(idx, ts) for idx, ts in published.items()}
     res.fps, _ = _window_fps(completed, warmup, t_start)
     res.publish_fps, _ = _window_fps(published, warmup, t_start)
     res.drops = dict(st.drops)
