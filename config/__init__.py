@@ -1,7 +1,7 @@
 """Configuration: the pydantic schema, the YAML loader and the error hierarchy (imports nothing of ours)."""
 
 from config.errors import ConfigError
-from config.loader import channel, configure_logging, load_log_config, load_pipeline_config
+from config.loader import configure_logging, load_log_config, load_pipeline_config
 from config.schema import FusionStrategyName, InputSpecConfig, LogConfig, PipelineConfig
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "InputSpecConfig",
     "LogConfig",
     "PipelineConfig",
-    "channel",
     "configure_logging",
     "load_log_config",
     "load_pipeline_config",

@@ -95,10 +95,3 @@ def configure_logging(cfg: LogConfig) -> None:
             "loggers": {f"people_counter.{ch}": {"level": lvl} for ch, lvl in cfg.channels.items()},
         }
     )
-
-
-def channel(name: str) -> logging.Logger:
-    """The logger of a named channel."""
-    if name not in LOG_CHANNELS:
-        raise ValueError(f"unknown log channel {name!r}; known: {LOG_CHANNELS}")
-    return logging.getLogger(f"people_counter.{name}")

@@ -116,8 +116,6 @@ def _module_loggers() -> list[tuple[str, str, str]]:
 
 
 MODULE_LOGGERS = _module_loggers()
-# Known to log outside every channel; strict, so the fix shows up as an XPASS to clean up.
-OFF_CHANNEL = {'"people_counter.bench"': "the benchmark logs to people_counter.bench, which is no channel of log.yaml"}
 
 
 @pytest.fixture
@@ -155,10 +153,7 @@ def test_each_channel_of_log_yaml_sets_its_logger(restore_logging: None) -> None
 
 @pytest.mark.parametrize(
     ("module", "attr"),
-    [
-        pytest.param(m, a, marks=pytest.mark.xfail(reason=OFF_CHANNEL[arg], strict=True)) if arg in OFF_CHANNEL else (m, a)
-        for m, a, arg in MODULE_LOGGERS
-    ],
+    [(m, a) for m, a, _ in MODULE_LOGGERS],
     ids=[f"{m}.{a}" for m, a, _ in MODULE_LOGGERS],
 )
 def test_module_logger_follows_its_log_yaml_channel(module: str, attr: str, restore_logging: None) -> None:

@@ -24,7 +24,7 @@ from pipeline.preprocess import NumpyPreprocessor
 from pipeline.telemetry import StageStats, summarize
 from pipeline.types import Frame
 
-log = logging.getLogger("people_counter.bench")
+log = logging.getLogger("people_counter.telemetry")
 
 
 @dataclass
