@@ -360,6 +360,7 @@ class _Blockage:
     spooled: int = 0
     spilled: int = 0
     dropped: int = 0
+    spill_failed: bool = False  # warned once that the spill file cannot be written
     run_id: int | None = None  # its events belong to the run open when it began (close() may end it meanwhile)
 
 
@@ -1027,6 +1028,10 @@ class SqliteWriter:
             except OSError as e:
                 backlog.memory.extendleft(reversed(taken))
                 backlog.spill_retry_at = now + self.retry_max_s
+                if backlog.blockage is not None:
+                    if backlog.blockage.spill_failed:
+                        return self._drop_beyond_cap(backlog)
+                    backlog.blockage.spill_failed = True
                 log.warning(
                     "%s: cannot spill %d rows to %s (%s); they stay in memory (at most %d rows)",
                     self.db_path, len(chunk), backlog.spill.path, e, self.max_memory_rows,
@@ -1039,6 +1044,9 @@ class SqliteWriter:
                 with self._lock:
                     self._spilled_rows += len(chunk)
                 return
+        self._drop_beyond_cap(backlog)
+
+    def _drop_beyond_cap(self, backlog: _Backlog) -> None:
         excess = backlog.memory_rows - self.max_memory_rows
         if excess <= 0:
             return
