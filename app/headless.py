@@ -29,7 +29,7 @@ from config.schema import PipelineConfig
 from pipeline.orchestrator import Orchestrator
 from pipeline.sources import is_network_uri as is_live
 from pipeline.telemetry import StageAccumulator, StageStats, format_table
-from pipeline.types import CountResult, FusedResult, MetadataRecord
+from pipeline.types import CountResult, FusedResult, MetadataRecord, WorkRecord
 from storage.export import export_counts
 from storage.writer import SqliteWriter
 
@@ -135,6 +135,11 @@ class SummarySink:
         """RAW_STREAM_WITH_METADATA: counts arrive in metadata records, apart from the frames."""
         with self._lock:
             self.summary.add_counts(record.frame_index, record.counts)
+            self.summary.stages.add(record.timings)
+
+    def write_work(self, record: WorkRecord) -> None:
+        """Branch work reported after the last publication (end of an ASYNC_OVERLAY run)."""
+        with self._lock:
             self.summary.stages.add(record.timings)
 
     def write(self, result: FusedResult) -> None:

@@ -87,6 +87,14 @@ def _tile_rects(pre: PreprocessOutput) -> NDArray[np.float32] | None:
     return None if pre.plan.kind == "letterbox" else pre.plan.content_rects().astype(np.float32)
 
 
+def cancel_backend(backend: Any) -> None:
+    """Ask a backend to end its model run in progress (a stop), where it can: ONNX Runtime CPU runs
+    take seconds at 4K; GPU calls take milliseconds and need no cancel."""
+    cancel = getattr(backend, "cancel", None)
+    if cancel is not None:
+        cancel()
+
+
 @dataclass(eq=False, slots=True)
 class ModelBranch:
     """``run(frame) -> BranchResult`` for one input spec and one adapter (detections or density).
@@ -110,6 +118,9 @@ class ModelBranch:
         if isinstance(result, DensityMap):
             return Decoded(density=result, tile_rects=_tile_rects(pre))
         return Decoded(detections=result, tile_rects=_tile_rects(pre))
+
+    def cancel(self) -> None:
+        cancel_backend(self.runner.backend)
 
     def close(self) -> None:
         self.runner.backend.close()
@@ -189,6 +200,9 @@ class RollingDensityBranch:
         stacked = np.stack([self._tiles[i] for i in range(whole.count)])
         return Decoded(density=DensityMap(density=stitch_grid(stacked, whole, self.stride), stride=self.stride))
 
+    def cancel(self) -> None:
+        cancel_backend(self.runner.backend)
+
     def close(self) -> None:
         self.runner.backend.close()
 
@@ -237,6 +251,9 @@ class OneCallYoloBranch:
             if r is not None:
                 rects.append(r)
         return Decoded(detections=Detections.merge(parts), tile_rects=np.concatenate(rects) if rects else None)
+
+    def cancel(self) -> None:
+        cancel_backend(self.runner.backend)
 
     def close(self) -> None:
         self.runner.backend.close()

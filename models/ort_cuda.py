@@ -167,6 +167,10 @@ class CudaBinding:
             event = None if self._synchronize else self.stream.record()
             return EventPending(outs, event, inputs)
 
+    def cancel(self) -> None:
+        """Make the current and later runs end at once (a stop)."""
+        self._run_options.terminate = True
+
     def _discover(self, key: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int, ...]]:
         """One run with ORT-allocated outputs to learn the output shapes of this input shape."""
         import onnxruntime as ort

@@ -52,7 +52,9 @@ depths, ``fusion_wait_ms``, ``wait_for_ms`` per due branch, ``overlay_lag_ms`` p
 ``end_to_end_ms``) and the branch work not reported before, each :class:`BranchTimings` naming the
 frame it was done on: a frame's results are reported when it is finalized, a late result when it
 arrives, so every (branch, frame) cost is reported exactly once and credited to its own frame. Raw
-frame publications report no work (their metadata records do).
+frame publications report no work (their metadata records do). Work still unreported when a run
+is flushed (under ASYNC_OVERLAY, that of the frames after the last publication) comes out of
+``flush`` as one :class:`~pipeline.types.WorkRecord`.
 
 - ``fusion_wait_ms``: publish time minus the arrival of the frame's first branch result (the frame
   itself when none arrived); 0 for frames published at once. ``wait_for_ms[b]``: when each due
@@ -93,14 +95,16 @@ from pipeline.types import (
     MetadataRecord,
     OverlayInfo,
     StageTimings,
+    WorkRecord,
 )
 
 log = logging.getLogger("people_counter.fusion")
 
 Clock = Callable[[], float]
 
-Published = FusedResult | MetadataRecord
-"""What fusion returns: a frame publication or a metadata record (see the module docs)."""
+Published = FusedResult | MetadataRecord | WorkRecord
+"""What fusion returns: a frame publication, a metadata record, or (at the end of a run) the branch
+work no publication reported (see the module docs)."""
 
 DROPPED = "dropped (queue full)"
 LATE = "late"
@@ -642,9 +646,14 @@ class Fusion:
             return self._owed(self.state.advance(now))
 
     def flush(self, now: float | None = None) -> list[Published]:
-        """Finalize every pending frame (end of a run)."""
+        """Finalize every pending frame (end of a run); then any work no publication reported."""
         with self._lock:
-            return self._owed(self.state.advance(self._clock() if now is None else now, force=True))
+            out = self._owed(self.state.advance(self._clock() if now is None else now, force=True))
+            work = self.state.take_unreported()
+            if work:
+                newest = max(w.frame_index for w in work)
+                out.append(WorkRecord(StageTimings(frame_index=newest, branches=work)))
+            return out
 
     def switch(self, name: str | FusionStrategyName) -> list[Published]:
         """Make ``name`` the current strategy; returns what it publishes on taking over."""

@@ -67,8 +67,8 @@ from numpy.typing import NDArray
 from config.errors import AppError, StageError
 from config.schema import FusionConfig, FusionStrategyName
 from pipeline.fusion import Clock, Fusion, Published, strategy_name
-from pipeline.protocols import Branch, CombineFn, EventSink, FrameSource, MetadataSink, Sink
-from pipeline.types import BranchResult, Frame, FrameMeta, FrameTimings, FusedResult, MetadataRecord
+from pipeline.protocols import Branch, CombineFn, EventSink, FrameSource, MetadataSink, Sink, WorkSink
+from pipeline.types import BranchResult, Frame, FrameMeta, FrameTimings, FusedResult, MetadataRecord, WorkRecord
 
 log = logging.getLogger("people_counter.fusion")
 
@@ -114,7 +114,7 @@ class OrchestratorStatus:
 
 
 class MemorySink:
-    """A sink that keeps everything in memory (tests, benches): results, metadata records, events.
+    """A sink that keeps everything in memory (tests, benches): results, metadata and work records, events.
 
     ``received_ts[i]`` is the clock's time when ``results[i]`` arrived. Unbounded: for finite runs.
     """
@@ -125,6 +125,7 @@ class MemorySink:
         self.results: list[FusedResult] = []
         self.received_ts: list[float] = []
         self.metadata: list[MetadataRecord] = []
+        self.work: list[WorkRecord] = []
         self.events: list[PipelineEvent] = []
         self.closed = False
 
@@ -136,6 +137,10 @@ class MemorySink:
     def write_metadata(self, record: MetadataRecord) -> None:
         with self._lock:
             self.metadata.append(record)
+
+    def write_work(self, record: WorkRecord) -> None:
+        with self._lock:
+            self.work.append(record)
 
     def event(
         self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None
@@ -361,18 +366,31 @@ class Orchestrator:
 
     def request_stop(self) -> None:
         """Ask every thread to stop, without waiting (safe from a signal handler): the source stops
-        at its next frame, frames already handed to fusion are published (partial where results
-        are missing), and :meth:`wait` returns once that is done."""
+        at its next frame, branch runs in progress are cancelled, frames already handed to fusion
+        are published (partial where results are missing), and :meth:`wait` returns once that is
+        done."""
         self._stop.set()
+        self._cancel_branches()
+
+    def _cancel_branches(self) -> None:
+        # All of them, busy or not: one that takes a queued frame just before it sees the stop
+        # must not start a run of seconds. A cancelled backend stays cancelled; the run is over.
+        for b in self._branches:
+            try:
+                b.cancel()
+            except Exception:  # a stop goes on whatever one branch does
+                log.exception("branch %s: cancel failed", b.name)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop every thread and wait up to ``timeout`` seconds in all; False if some are still running.
 
-        Frames already handed to fusion are published (partial where results are missing). A
-        thread stuck in a branch's ``run`` cannot be interrupted: it is named in the log, and it is
-        a daemon so it does not keep the process alive.
+        Frames already handed to fusion are published (partial where results are missing).
+        Branch runs in progress are cancelled (``Branch.cancel``: ONNX Runtime ends a CPU run at
+        once). A thread still stuck past ``timeout`` is named in the log; it is a daemon, so it
+        does not keep the process alive.
         """
         self._stop.set()
+        self._cancel_branches()
         limit = self._stop_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + limit
         for t in self._threads:
@@ -648,22 +666,28 @@ class Orchestrator:
 
     def _deliver(self, outs: list[Published]) -> None:
         for out in outs:
-            idx = out.frame.frame_index if isinstance(out, FusedResult) else out.frame_index
             if isinstance(out, FusedResult):
+                idx: int | None = out.frame.frame_index
                 branch = out.timings.waited_on()
                 with self._lock:
                     self._frames_published += 1
                     if branch is not None:
                         self._waited_on[branch] += 1
-            else:
+            elif isinstance(out, MetadataRecord):
+                idx = out.frame_index
                 with self._lock:
                     self._metadata_published += 1
+            else:
+                idx = out.timings.frame_index
             for sink in self._live_sinks():
                 try:
                     if isinstance(out, FusedResult):
                         sink.write(out)
-                    elif isinstance(sink, MetadataSink):
-                        sink.write_metadata(out)
+                    elif isinstance(out, MetadataRecord):
+                        if isinstance(sink, MetadataSink):
+                            sink.write_metadata(out)
+                    elif isinstance(sink, WorkSink):
+                        sink.write_work(out)
                 except Exception as exc:
                     self._sink_failed(sink, exc, idx)
 

@@ -17,6 +17,7 @@ from pipeline.types import (
     FusedResult,
     MetadataRecord,
     PreprocessOutput,
+    WorkRecord,
 )
 
 CombineFn = Callable[
@@ -102,6 +103,11 @@ class Branch(Protocol):
 
     def run(self, frame: Frame) -> BranchResult: ...
 
+    def cancel(self) -> None:
+        """End a ``run`` in progress on another thread as soon as the backend allows (a stop);
+        that ``run`` then returns a failed result or raises. Safe from any thread."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -118,6 +124,14 @@ class MetadataSink(Protocol):
     """A sink that also takes RAW_STREAM_WITH_METADATA metadata records (optional)."""
 
     def write_metadata(self, record: MetadataRecord) -> None: ...
+
+
+@runtime_checkable
+class WorkSink(Protocol):
+    """A sink that also takes branch work no publication reported (optional; see
+    :class:`~pipeline.types.WorkRecord`): the SQLite writer stores it, summaries count it."""
+
+    def write_work(self, record: WorkRecord) -> None: ...
 
 
 @runtime_checkable

@@ -419,6 +419,16 @@ class FusedResult:
         return tuple(b for b, why in self.missing.items() if why == "late")
 
 
+@dataclass(frozen=True, slots=True)
+class WorkRecord:
+    """Branch work that no publication reported: results that finished after the last frame was
+    published (ASYNC_OVERLAY publishes each frame at once, so the work of the last frames ends up
+    here at the end of a run). ``timings.branches`` holds the work, each item on its own frame;
+    ``timings.frame_index`` is the newest of those frames and carries no figures of its own."""
+
+    timings: StageTimings
+
+
 # --------------------------------------------------------------------------------------------
 # The metadata record of RAW_STREAM_WITH_METADATA, and its compact masks
 # --------------------------------------------------------------------------------------------

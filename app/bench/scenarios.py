@@ -186,7 +186,7 @@ def run_pipeline_bench(
     # RAW_STREAM_WITH_METADATA, the metadata records that carry the branch work)
     by_frame: dict[int, dict[str, float]] = {}
     done: dict[int, float] = {}
-    for t in [r.timings for r in sink.results] + [m.timings for m in sink.metadata]:
+    for t in [r.timings for r in sink.results] + [m.timings for m in sink.metadata] + [w.timings for w in sink.work]:
         for idx, row in t.by_frame().items():
             by_frame.setdefault(idx, {}).update(row)
         for bt in t.branches:
