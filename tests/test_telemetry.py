@@ -1,11 +1,10 @@
-"""Tests of pipeline.telemetry: statistics, warm-up, missing stages, timers, drop counts."""
+"""Tests of pipeline.telemetry: statistics, warm-up, missing stages, the bounded-memory accumulator."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import threading
-import time
+import tracemalloc
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,14 +12,13 @@ import pytest
 
 from pipeline.telemetry import (
     STAT_FIELDS,
-    DropCounter,
+    StageAccumulator,
     StageStats,
-    StageTimer,
     format_table,
     stage_stats,
     summarize,
-    timed,
 )
+from pipeline.types import BranchTimings, FrameTimings, StageTimings
 from storage.queries import timing_rows
 from storage.writer import SqliteWriter
 from tests.storage_builders import make_result, no_new_threads
@@ -156,40 +154,206 @@ def test_format_table_is_aligned() -> None:
     assert lines[2].endswith("12.50") and lines[3].endswith("1234.50")
 
 
-def test_timed_writes_milliseconds() -> None:
-    timings: dict[str, float] = {}
-    with timed(timings, "decode_ms") as timer:
-        time.sleep(0.02)
-    assert isinstance(timer, StageTimer)
-    assert 15.0 <= timings["decode_ms"] < 1000.0
-    assert timer.ms == timings["decode_ms"]
+# ------------------------------------------------------------------------------------ StageAccumulator
 
 
-def test_timed_records_when_the_block_raises() -> None:
-    timings: dict[str, float] = {"other_ms": 1.0}
-    with pytest.raises(RuntimeError), timed(timings, "postprocess_ms"):
-        raise RuntimeError("bad frame")
-    assert timings["postprocess_ms"] >= 0.0
-    assert timings["other_ms"] == 1.0
+def accumulate(rows: list[dict[str, float | None]], warmup: int) -> dict[str, StageStats]:
+    acc = StageAccumulator(warmup)
+    for row in rows:
+        acc.add_values(row)  # type: ignore[arg-type]
+    return acc.stats()
 
 
-def test_drop_counter_is_thread_safe() -> None:
-    drops = DropCounter()
+def assert_close(actual: StageStats, exact: StageStats, *, percentiles: bool = True, rel: float = 0.01) -> None:
+    """``n``, ``mean`` and ``max`` as exact as a running sum allows; percentiles within ``rel``
+    (``percentiles=False``: not compared, for series too short for the bins; see the xfail below)."""
+    assert actual.n == exact.n
+    if exact.n == 0:
+        assert all(math.isnan(getattr(actual, f)) for f in STAT_FIELDS[1:])
+        return
+    assert actual.mean == pytest.approx(exact.mean, rel=1e-9)
+    assert actual.max == exact.max
+    if not percentiles:
+        return
+    for name in ("p50", "p90", "p95", "p99"):
+        a, e = getattr(actual, name), getattr(exact, name)
+        assert a == pytest.approx(e, rel=rel, abs=1e-9), f"{name}: exact {e}, accumulated {a}"
 
-    def hammer(queue: str) -> None:
-        for _ in range(2000):
-            drops.record(queue, "full")
 
-    threads = [threading.Thread(target=hammer, args=("ui" if i % 2 else "fusion",)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    drops.record("fusion", "stale", n=3)
-    snap = drops.snapshot()
-    assert snap == {"fusion/full": 8000, "fusion/stale": 3, "ui/full": 8000}
-    assert drops.total() == 16003
-    snap["ui/full"] = 0  # a snapshot is a copy
-    assert drops.snapshot()["ui/full"] == 8000
-    with pytest.raises(ValueError):
-        drops.record("ui", "full", n=-1)
+def pipeline_rows(n: int, seed: int) -> list[dict[str, float | None]]:
+    """Per-frame timings as a run publishes them: every frame, every 5th frame (density), a rare
+    stage, and now and then a figure that was not measured (None) or NaN."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, float | None]] = []
+    for i in range(n):
+        row: dict[str, float | None] = {
+            "decode_ms": float(rng.gamma(2.0, 2.0)),
+            "inference_model_yolo_ms": float(rng.lognormal(2.0, 0.4)),
+            "fusion_wait_ms": 0.0 if i % 3 else float(rng.exponential(4.0)),  # ASYNC publishes at once: 0
+        }
+        if i % 5 == 0:
+            row["inference_model_csrnet_ms"] = float(rng.gamma(20.0, 2.0))
+        if i % 97 == 0:
+            row["render_ms"] = float(rng.uniform(1, 2))
+        if i % 11 == 0:
+            row["end_to_end_ms"] = None if i % 2 else math.nan
+        else:
+            row["end_to_end_ms"] = float(rng.gamma(9.0, 4.0))
+        rows.append(row)
+    return rows
+
+
+def test_accumulator_gives_summarize_stats_on_the_same_rows() -> None:
+    rows = pipeline_rows(3000, seed=3)
+    exact = summarize(rows, warmup=5)  # type: ignore[arg-type]
+    acc = accumulate(rows, warmup=5)
+    assert list(acc) == list(exact)  # same stages, first-seen order
+    for stage in exact:
+        # percentiles of the dense series; render_ms (26 samples) is a short series, tested below
+        assert_close(acc[stage], exact[stage], percentiles=exact[stage].n >= 500)
+    assert acc["inference_model_csrnet_ms"].n == 600 - 5
+    assert acc["fusion_wait_ms"].p50 == 0.0  # zeros are a value, not "absent"
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        pytest.param(lambda rng: rng.lognormal(2.0, 0.8, 5000), id="lognormal"),
+        pytest.param(lambda rng: rng.lognormal(0.0, 2.5, 5000), id="lognormal-six-decades"),
+        pytest.param(lambda rng: rng.uniform(10.0, 11.0, 5000), id="narrow"),
+        pytest.param(
+            lambda rng: np.concatenate([rng.gamma(3.0, 5.0, 4500), rng.uniform(200, 900, 500)]),
+            id="two-modes-stalls",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="telemetry bug: p90 falls in the gap between the modes; StageAccumulator._percentile "
+                "does not interpolate between closest ranks (70.9 vs 83.7)",
+            ),
+        ),
+    ],
+)
+def test_accumulator_percentiles_are_within_one_percent(draw) -> None:  # type: ignore[no-untyped-def]
+    values = [float(v) for v in draw(np.random.default_rng(17))]
+    acc = accumulate([{"x_ms": v} for v in values], warmup=0)["x_ms"]
+    assert_close(acc, stage_stats(values, warmup=0))
+
+
+def test_accumulator_warmup_is_per_stage() -> None:
+    # decode every frame, density every 5th (0, 5, 10, 15): warm-up drops each series' first samples
+    rows: list[dict[str, float | None]] = []
+    for i in range(20):
+        row: dict[str, float | None] = {"decode_ms": 1000.0 if i < 2 else float(i)}
+        if i % 5 == 0:
+            row["inference_model_csrnet_ms"] = 1000.0 if i < 10 else 100.0 + i
+        rows.append(row)
+    stats = accumulate(rows, warmup=2)
+    assert (stats["decode_ms"].n, stats["decode_ms"].max) == (18, 19.0)
+    assert stats["decode_ms"].mean == pytest.approx(np.mean(range(2, 20)))
+    d = stats["inference_model_csrnet_ms"]
+    assert (d.n, d.mean, d.max) == (2, 112.5, 115.0)  # its own series [1000, 1000, 110, 115]
+
+
+def test_accumulator_skips_none_and_nan_and_they_use_no_warmup() -> None:
+    rows: list[dict[str, float | None]] = [
+        {"a_ms": None, "b_ms": 7.0},
+        {"a_ms": math.nan},
+        {"a_ms": 1000.0},  # the first real a_ms sample: warm-up
+        {"a_ms": 2.0, "b_ms": math.nan},
+        {"a_ms": 4.0, "b_ms": 3.0},
+    ]
+    stats = accumulate(rows, warmup=1)
+    assert (stats["a_ms"].n, stats["a_ms"].mean, stats["a_ms"].max) == (2, 3.0, 4.0)
+    assert (stats["b_ms"].n, stats["b_ms"].max) == (1, 3.0)
+    exact = summarize(rows, warmup=1)  # type: ignore[arg-type]
+    for stage in exact:
+        assert_close(stats[stage], exact[stage], percentiles=False)
+
+
+def test_accumulator_empty_and_warmup_only_stages() -> None:
+    assert StageAccumulator().stats() == {}
+    stats = accumulate([{"rare_ms": 1.0}, {"rare_ms": 2.0}, {"x_ms": 3.0}], warmup=2)
+    assert list(stats) == ["rare_ms", "x_ms"]  # seen, but every sample was warm-up
+    assert_close(stats["rare_ms"], stage_stats([], 0))
+    assert_close(stats["x_ms"], stage_stats([], 0))
+    with pytest.raises(ValueError, match="warmup"):
+        StageAccumulator(warmup=-1)
+
+
+def test_accumulator_add_takes_each_figure_under_its_own_frame() -> None:
+    """An ASYNC_OVERLAY publication of frame 5 that reports the work of frames 3 and 4: each is a
+    sample of its own frame, not one sum credited to frame 5."""
+    t = StageTimings(
+        frame_index=5,
+        frame=FrameTimings(decode_ms=2.0, queue_depths={"yolo": 1}),
+        branches=(
+            BranchTimings("yolo", 3, {"preprocess_ms": 1.0, "run_ms": 6.0}),
+            BranchTimings("density", 3, {"preprocess_ms": 4.0, "run_ms": 30.0}),
+            BranchTimings("yolo", 4, {"preprocess_ms": 1.5, "run_ms": 7.0}),
+        ),
+        fusion_wait_ms=0.0,
+        overlay_lag_ms={"yolo": 40.0, "density": 70.0},
+        end_to_end_ms=0.5,
+    )
+    acc = StageAccumulator(warmup=0)
+    acc.add(t)
+    stats = acc.stats()
+    assert stats["preprocess_ms"].n == 2  # frames 3 and 4
+    assert stats["preprocess_ms"].max == 5.0  # frame 3: yolo + density
+    assert stats["preprocess_ms"].mean == pytest.approx(3.25)
+    assert (stats["yolo.run_ms"].n, stats["density.run_ms"].n) == (2, 1)
+    assert (stats["decode_ms"].n, stats["overlay_lag_ms"].max, stats["queue_depth_yolo"].max) == (1, 70.0, 1.0)
+    exact = summarize(t.by_frame().values(), warmup=0)
+    assert list(stats) == list(exact)
+    for stage in exact:
+        assert_close(stats[stage], exact[stage], percentiles=False)
+
+
+def test_accumulator_memory_does_not_grow_with_the_number_of_frames() -> None:
+    """10^5 samples of a narrow distribution: the accumulator's memory after them is that after the
+    first thousand (a list of the samples would be megabytes), and its stats are still right."""
+    values = [float(v) for v in np.random.default_rng(5).normal(20.0, 0.5, 100_000)]
+    acc = StageAccumulator(warmup=5)
+    tracemalloc.start()
+    try:
+        for v in values[:1000]:
+            acc.add_values({"x_ms": v})
+        after_first, _ = tracemalloc.get_traced_memory()
+        for v in values[1000:]:
+            acc.add_values({"x_ms": v})
+        after_all, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after_all - after_first < 32 * 1024, f"grew by {after_all - after_first} bytes over 99,000 samples"
+    assert_close(acc.stats()["x_ms"], stage_stats(values, warmup=5))
+
+
+SMALL_SERIES = [
+    pytest.param([5.0], id="single"),
+    pytest.param([2.0, 2.0, 2.0], id="constant"),
+    pytest.param([float(v) for v in range(1, 101)], id="1-100"),
+    pytest.param(
+        [1.0, 2.0, 3.0, 4.0],
+        id="four",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="telemetry bug: StageAccumulator._percentile returns the bin of the lower closest "
+            "rank instead of interpolating to the next one as stage_stats does (p90: 3.0 vs 3.7)",
+        ),
+    ),
+    pytest.param(
+        [10.0] + [0.0] * 9,
+        id="outlier",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="telemetry bug: StageAccumulator._percentile does not interpolate between closest "
+            "ranks (p99: 0.0 vs 9.1)",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("values", SMALL_SERIES)
+def test_accumulator_percentiles_of_short_series_are_within_one_percent(values: list[float]) -> None:
+    """The docstring's promise ("within 1 % of the exact percentile") on series as short as a
+    density branch's in a short run: the same table as test_known_percentiles."""
+    assert_close(accumulate([{"x_ms": v} for v in values], warmup=0)["x_ms"], stage_stats(values, warmup=0))
