@@ -74,7 +74,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -151,6 +151,8 @@ class _Finalized:
     wait_for_ms: dict[str, float]
     finalized_ts: float
     tile_rects: NDArray[np.float32] | None
+    work: tuple[BranchTimings, ...]
+    """The work of this frame's results (reported by its publication, or by the next one)."""
 
 
 def _work(r: BranchResult) -> BranchTimings:
@@ -321,6 +323,10 @@ class FusionState:
         used, missing = self._set_of(p)
         dets, density, counts = self._combine(used, p.meta, missing)
         start = min(p.result_ts.values()) if p.result_ts else p.arrived_ts
+        work: list[BranchTimings] = []
+        for kept in self._results.values():
+            for i in [i for i in kept if i <= idx]:
+                (work if i == idx else self.unreported).append(_work(kept.pop(i)[0]))
         fin = _Finalized(
             pending=p,
             results=used,
@@ -333,6 +339,7 @@ class FusionState:
             wait_for_ms={b: (p.result_ts.get(b, now) - start) * 1000.0 for b in sorted(p.scheduled)},
             finalized_ts=now,
             tile_rects=_tile_rects(used),
+            work=tuple(work),
         )
         # Bookkeeping: the frame leaves; each branch due for it remembers its result for the frames after.
         del self.pending[idx]
@@ -342,12 +349,8 @@ class FusionState:
         self.partial_frames += bool(missing)
         for b in self.rates:
             if self._is_due(b, p):
-                got = self._results.get(b, {}).get(idx)
                 self._due_frame[b] = idx
-                self._due_result[b] = got[0] if got is not None and got[0].error is None else None
-        for kept in self._results.values():
-            for i in [i for i in kept if i <= idx]:
-                self.unreported.append(_work(kept.pop(i)[0]))
+                self._due_result[b] = used.get(b)  # its own result for this frame, or None (missing)
         if missing:
             log.debug("frame %d finalized with branches missing: %s", idx, missing)
         return fin
@@ -363,7 +366,7 @@ def _final_timings(fin: _Finalized, state: FusionState) -> StageTimings:
     return StageTimings(
         frame_index=p.meta.frame_index,
         frame=p.frame_timings,
-        branches=state.take_unreported(),
+        branches=fin.work + state.take_unreported(),
         fusion_wait_ms=fin.fusion_wait_ms,
         wait_for_ms=fin.wait_for_ms,
         overlay_lag_ms={o.branch: o.lag_ms for o in fin.overlays},
@@ -675,8 +678,13 @@ class Fusion:
         """What each finalized frame still owes: its frame (at finalization) or its metadata."""
         out: list[Published] = []
         for fin in finals:
-            if fin.pending.owes_frame:
+            p = fin.pending
+            if p.owes_frame:
                 out.append(_full_result(fin, self._current.name, self.state))
-            if fin.pending.owes_metadata:
-                out.append(_metadata_record(fin, self.state))
+            if p.owes_metadata:
+                # A frame owes one publication at most, except a frame published by STRICT_SYNC
+                # that owes a record too (switched mid-flight): its work went with the frame.
+                out.append(_metadata_record(fin if not p.owes_frame else replace(fin, work=()), self.state))
+            if not (p.owes_frame or p.owes_metadata):
+                self.state.unreported.extend(fin.work)  # published at once: the next publication reports it
         return out

@@ -165,16 +165,25 @@ class StageAccumulator:
         lo = self._FLOOR * math.exp((b - 1) * self._LOG_BASE)
         return lo * math.sqrt(1.01)
 
-    def _percentile(self, name: str, q: float) -> float:
-        bins = sorted(self._bins[name].items())
-        n = self._n[name]
-        rank = q / 100.0 * (n - 1)
+    def _at_rank(self, bins: list[tuple[int, int]], rank: int, vmax: float) -> float:
         seen = 0
         for b, c in bins:
             seen += c
             if seen > rank:
-                return min(self._value(b), self._max[name])
-        return self._max[name]
+                return min(self._value(b), vmax)
+        return vmax
+
+    def _percentile(self, name: str, q: float) -> float:
+        # Linear interpolation between the closest ranks, as stage_stats (NumPy's "linear").
+        bins = sorted(self._bins[name].items())
+        n, vmax = self._n[name], self._max[name]
+        rank = q / 100.0 * (n - 1)
+        lo = math.floor(rank)
+        v0 = self._at_rank(bins, lo, vmax)
+        if lo + 1 >= n or rank == lo:
+            return v0
+        v1 = self._at_rank(bins, lo + 1, vmax)
+        return v0 + (v1 - v0) * (rank - lo)
 
     def stats(self) -> dict[str, StageStats]:
         """Per-stage statistics, stages in the order they were first seen."""

@@ -285,9 +285,10 @@ class StageTimings:
     ``frame_index`` is the published frame; ``frame`` and the fusion figures (``fusion_wait_ms``,
     ``wait_for_ms`` per scheduled branch, ``overlay_lag_ms`` per branch, ``end_to_end_ms``) belong
     to it. ``branches`` is the branch work this publication reports, once per (branch, frame) over
-    a run, each naming its own frame: under STRICT_SYNC and in metadata records that is always
-    ``frame_index``; under ASYNC_OVERLAY it is the work of the frames finalized since the previous
-    publication (its overlays come from them), so a cost is never credited to another frame.
+    a run, each naming its own frame: under STRICT_SYNC and in metadata records, the frame's own
+    work plus that of late results which arrived since (on their older frames); under
+    ASYNC_OVERLAY, the work of the frames finalized since the previous publication (its overlays
+    come from them). A cost is never credited to another frame.
     Fusion latencies are kept apart from work. Times are milliseconds; None is "not measured".
     """
 

@@ -814,7 +814,7 @@ def test_branch_work_is_reported_exactly_once_on_the_frame_it_was_done_on(strate
     keys = [(bt.branch, bt.frame_index) for _, bt in work_of(run.outs)]
     assert sorted(keys) == sorted(run.pushed)  # each once, none lost
     assert fusion.state.unreported == []
-    for _, bt in work_of(run.outs):  # (that a publication reports no newer frame's work: the xfail test below)
+    for _, bt in work_of(run.outs):  # (that a publication reports no newer frame's work: the test below)
         assert bt.stages == branch_result(bt.branch, make_meta(bt.frame_index, 0.0)).timings
         assert bt.done_ts > 0.0
     # by_frame credits each cost to its own frame: summed over the run, a frame gets its own work
@@ -832,11 +832,6 @@ def test_branch_work_is_reported_exactly_once_on_the_frame_it_was_done_on(strate
     assert len(records) <= 1 and all(o is run.outs[-1] for o in records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fusion bug: when one advance() finalizes several frames, the first one's publication "
-    "(or metadata record) takes state.unreported, i.e. the work of all of them",
-)
 @pytest.mark.parametrize("strategy", [STRICT, RAW])
 def test_a_strict_publication_or_a_metadata_record_reports_its_own_frame_s_work(strategy: str) -> None:
     """No result is late (10 s timeout), so each frame's publication (STRICT_SYNC) or metadata

@@ -166,7 +166,7 @@ def accumulate(rows: list[dict[str, float | None]], warmup: int) -> dict[str, St
 
 def assert_close(actual: StageStats, exact: StageStats, *, percentiles: bool = True, rel: float = 0.01) -> None:
     """``n``, ``mean`` and ``max`` as exact as a running sum allows; percentiles within ``rel``
-    (``percentiles=False``: not compared, for series too short for the bins; see the xfail below)."""
+    (``percentiles=False``: not compared, for series too short for the bins)."""
     assert actual.n == exact.n
     if exact.n == 0:
         assert all(math.isnan(getattr(actual, f)) for f in STAT_FIELDS[1:])
@@ -223,12 +223,7 @@ def test_accumulator_gives_summarize_stats_on_the_same_rows() -> None:
         pytest.param(lambda rng: rng.uniform(10.0, 11.0, 5000), id="narrow"),
         pytest.param(
             lambda rng: np.concatenate([rng.gamma(3.0, 5.0, 4500), rng.uniform(200, 900, 500)]),
-            id="two-modes-stalls",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="telemetry bug: p90 falls in the gap between the modes; StageAccumulator._percentile "
-                "does not interpolate between closest ranks (70.9 vs 83.7)",
-            ),
+            id="two-modes-stalls"
         ),
     ],
 )
@@ -333,21 +328,11 @@ SMALL_SERIES = [
     pytest.param([float(v) for v in range(1, 101)], id="1-100"),
     pytest.param(
         [1.0, 2.0, 3.0, 4.0],
-        id="four",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="telemetry bug: StageAccumulator._percentile returns the bin of the lower closest "
-            "rank instead of interpolating to the next one as stage_stats does (p90: 3.0 vs 3.7)",
-        ),
+        id="four"
     ),
     pytest.param(
         [10.0] + [0.0] * 9,
-        id="outlier",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="telemetry bug: StageAccumulator._percentile does not interpolate between closest "
-            "ranks (p99: 0.0 vs 9.1)",
-        ),
+        id="outlier"
     ),
 ]
 
