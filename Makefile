@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: run test env assets bench clean-cache
+.PHONY: run test soak env assets bench clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ test: assets
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy app pipeline gpu models storage ui config
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(ARGS)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not soak" $(ARGS)
+
+soak: assets
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -s -m soak tests/test_soak.py $(ARGS)
 
 bench: assets
 	$(BIN)/python main.py bench --config config/pipeline.yaml $(ARGS)
