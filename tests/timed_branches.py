@@ -1,34 +1,69 @@
 """Test helpers for fusion and the orchestrator: branches of controlled latency, a hand-driven clock,
-builders of real detections, and a simple real ``combine``.
+a source the test paces, builders of real detections, and a simple real ``combine``.
 
-``SleepyBranch`` stands in for a model only to control time: it sleeps a given latency and returns
-real ``Detections`` (or a real ``DensityMap``) that depend only on the frame index, so every
-strategy and every run sees the same results for the same frames.
+``GatedBranch`` and ``SleepyBranch`` stand in for a model only to control time: they return real
+``Detections`` (or a real ``DensityMap``) that depend only on the frame index, so every strategy
+and every run sees the same results for the same frames. ``GatedBranch`` finishes a frame when the
+test releases it, in :class:`ManualClock` time, so nothing a test asserts depends on how fast the
+machine is; ``SleepyBranch`` really sleeps (benches, and tests that assert nothing about time).
+
+Every wait on another thread is bounded by ``REAL_WAIT_S`` of real time: a broken test fails, it
+does not hang.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
 
 import numpy as np
 
+from config.errors import SourceError
+from pipeline.sources_synthetic import synthetic_image
 from pipeline.types import BranchResult, CountResult, DensityMap, Detections, Frame, FrameMeta, missing_reason
+
+REAL_WAIT_S = 10.0
+"""The longest real time a helper waits for another thread; generous, so only a broken test hits it."""
 
 
 class ManualClock:
-    """A clock the test advances by hand (seconds)."""
+    """A clock the test advances by hand (seconds); thread-safe, so pipeline threads may read it
+    while the test (or a :class:`GatedBranch`) moves it. ``now`` may also be set directly."""
 
     def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
+        self._lock = threading.Lock()
+        self._now = start
+
+    @property
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        with self._lock:
+            self._now = value
 
     def __call__(self) -> float:
         return self.now
 
     def advance_ms(self, ms: float) -> float:
-        self.now += ms / 1000.0
-        return self.now
+        with self._lock:
+            self._now += ms / 1000.0
+            return self._now
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = REAL_WAIT_S) -> bool:
+    """Poll ``predicate`` (every millisecond of real time) until it holds; False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def make_meta(index: int, decode_ts: float, *, width: int = 64, height: int = 48, fps: float = 30.0) -> FrameMeta:
@@ -130,5 +165,209 @@ class SleepyBranch:
             self.done[idx] = done
         return branch_result(self.name, frame.meta, done_ts=done, masks=self._masks, density=self._density)
 
+    def cancel(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+class Occupancy:
+    """Which branches are inside ``run`` at the same moment (shared by several :class:`GatedBranch`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside: set[str] = set()
+        self.most_at_once = 0
+        """The largest number of branches that were inside ``run`` together."""
+
+    def enter(self, branch: str) -> None:
+        with self._lock:
+            self._inside.add(branch)
+            self.most_at_once = max(self.most_at_once, len(self._inside))
+
+    def leave(self, branch: str) -> None:
+        with self._lock:
+            self._inside.discard(branch)
+
+    @property
+    def inside(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._inside)
+
+
+class GatedBranch:
+    """A branch that finishes a frame when the test releases it; controls time only.
+
+    ``run(frame)`` records ``started[i]`` (clock time) and the thread it runs on (``threads[i]``),
+    then waits at frame ``i``'s gate until :meth:`release` opens it (``held=False``: every gate is
+    open from the start). Once released it advances ``clock`` by ``latency_ms`` (the frame took
+    that long; branches released one at a time add up, which is the point: the test orders them),
+    raises RuntimeError when ``i == fail_at``, records ``done[i]`` and returns
+    :func:`branch_result`. A gate left shut for ``REAL_WAIT_S`` raises TimeoutError, which fails
+    the run instead of hanging it. ``occupancy``, when given, is told when ``run`` is entered and left.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        clock: ManualClock,
+        latency_ms: float = 0.0,
+        *,
+        every_n_frames: int = 1,
+        held: bool = True,
+        fail_at: int | None = None,
+        masks: bool = False,
+        density: bool = False,
+        occupancy: Occupancy | None = None,
+    ) -> None:
+        self.name = name
+        self.every_n_frames = every_n_frames
+        self._clock = clock
+        self._latency_ms = latency_ms
+        self._fail_at = fail_at
+        self._masks = masks
+        self._density = density
+        self._occupancy = occupancy
+        self._cond = threading.Condition()
+        self._open = not held
+        self._released: set[int] = set()
+        self.started: dict[int, float] = {}
+        self.done: dict[int, float] = {}
+        self.threads: dict[int, str] = {}
+
+    def release(self, *frame_indices: int) -> None:
+        """Open the gates of these frames (a frame not reached yet passes its gate when it comes)."""
+        with self._cond:
+            self._released.update(frame_indices)
+            self._cond.notify_all()
+
+    def release_all(self) -> None:
+        """Open every gate, now and from now on."""
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def wait_started(self, frame_index: int, timeout_s: float = REAL_WAIT_S) -> bool:
+        """Wait until ``run`` has been entered for this frame; False after ``timeout_s`` of real time."""
+        with self._cond:
+            return self._cond.wait_for(lambda: frame_index in self.started, timeout_s)
+
+    def wait_done(self, frame_index: int, timeout_s: float = REAL_WAIT_S) -> bool:
+        """Wait until ``run`` has finished this frame; False after ``timeout_s`` of real time."""
+        with self._cond:
+            return self._cond.wait_for(lambda: frame_index in self.done, timeout_s)
+
+    def run(self, frame: Frame) -> BranchResult:
+        idx = frame.meta.frame_index
+        with self._cond:
+            self.started[idx] = self._clock()
+            self.threads[idx] = threading.current_thread().name
+            self._cond.notify_all()
+        if self._occupancy is not None:
+            self._occupancy.enter(self.name)
+        try:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._open or idx in self._released, REAL_WAIT_S):
+                    raise TimeoutError(f"{self.name}: frame {idx} was never released (the test forgot it)")
+            if self._latency_ms:
+                self._clock.advance_ms(self._latency_ms)
+            if idx == self._fail_at:
+                raise RuntimeError(f"{self.name}: model blew up on frame {idx}")
+            done = self._clock()
+            result = branch_result(self.name, frame.meta, done_ts=done, masks=self._masks, density=self._density)
+            with self._cond:
+                self.done[idx] = done
+                self._cond.notify_all()
+            return result
+        finally:
+            if self._occupancy is not None:
+                self._occupancy.leave(self.name)
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ManualSource:
+    """A frame source the test paces: frame ``i`` is made only once the test has allowed it.
+
+    :meth:`allow` permits more frames (``paced=False``: every frame is permitted); a frame is made
+    when permitted and asked for, its ``decode_ts`` read from ``clock`` then. The stream ends after
+    ``frames`` frames (None: never), or at the next request after :meth:`end`. ``requested`` is
+    the index of the frame the consumer asks for now (or last asked for). ``fail_at``: raise
+    SourceError instead of making that frame. A permit not given within ``REAL_WAIT_S`` raises
+    SourceError, which fails the run instead of hanging it. Frames are real RGB host images
+    (:func:`~pipeline.sources_synthetic.synthetic_image`), (``height``, ``width``, 3) uint8.
+    """
+
+    def __init__(
+        self,
+        clock: ManualClock,
+        frames: int | None = None,
+        *,
+        paced: bool = True,
+        width: int = 64,
+        height: int = 48,
+        fail_at: int | None = None,
+    ) -> None:
+        self._clock = clock
+        self._frames = frames
+        self._width = width
+        self._height = height
+        self._fail_at = fail_at
+        self._cond = threading.Condition()
+        self._allowed: float = 0 if paced else float("inf")
+        self._ended = False
+        self.requested = -1
+        self.made = 0
+
+    def allow(self, n: int = 1) -> None:
+        """Permit ``n`` more frames."""
+        with self._cond:
+            self._allowed += n
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """End the stream at the consumer's next request (a waiting request returns at once)."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def wait_requested(self, frame_index: int, timeout_s: float = REAL_WAIT_S) -> bool:
+        """Wait until the consumer has asked for this frame (so it is done with the ones before)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.requested >= frame_index, timeout_s)
+
+    def _permitted(self, frame_index: int) -> bool:
+        return self._ended or self._allowed > frame_index
+
+    def __enter__(self) -> ManualSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pass
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        while True:
+            with self._cond:
+                self.requested = i
+                self._cond.notify_all()
+                if self._frames is not None and i >= self._frames:
+                    return
+                permitted = functools.partial(self._permitted, i)
+                if not self._cond.wait_for(permitted, REAL_WAIT_S):
+                    raise SourceError(f"ManualSource: frame {i} was never allowed (the test forgot it)")
+                if self._ended:
+                    return
+                if i == self._fail_at:
+                    raise SourceError(f"ManualSource: stream cut at frame {i}")
+                self.made = i + 1
+            meta = make_meta(i, self._clock(), width=self._width, height=self._height)
+            yield Frame(meta, synthetic_image(i, self._width, self._height))
+            i += 1
