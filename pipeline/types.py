@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.geometry import PreprocessPlan
+
+if TYPE_CHECKING:
+    from pipeline.preprocess import ColourSpec
 
 GLOBAL_SOURCE = -1
 """``Detections.source`` of a detection from the global (letterbox) pass; tiles are 0..N-1."""
@@ -51,12 +54,23 @@ class Frame:
     ``image``: ``rgb`` is (H, W, 3) uint8; ``nv12`` is (H*3/2, W) uint8 (Y plane then interleaved
     UV). ``device`` says whether ``image`` is a NumPy array ("cpu") or a CuPy array ("gpu"). A GPU
     frame's memory belongs to the source's ring buffer and is valid until the slot is released.
+
+    ``colour``: the YUV matrix and range of an ``nv12`` image (from the stream's metadata); None:
+    :meth:`pipeline.preprocess.ColourSpec.default_for` the frame size. Unused for ``rgb``.
+
+    ``lease``: a GPU frame's hold on its ring slot (``gpu.ring.SlotLease``), None on the CPU path.
+    Whoever hands the frame to n readers calls ``lease.hold(n)`` first; each reader calls
+    ``lease.release(stream)`` once after its last read (``stream``: the CUDA stream its reads were
+    enqueued on; None: nothing was read); the slot is not written again while a hold remains.
     """
 
     meta: FrameMeta
     image: Any
     layout: Literal["rgb", "nv12"] = "rgb"
     device: Literal["cpu", "gpu"] = "cpu"
+    # colour and lease: added for the colour contract (issue 13) and GPU slot leases (issue 8)
+    colour: ColourSpec | None = None
+    lease: Any = None
 
     def __post_init__(self) -> None:
         h, w = self.meta.height, self.meta.width
@@ -271,8 +285,9 @@ class BranchTimings:
 @dataclass(frozen=True, slots=True)
 class FrameTimings:
     """What the orchestrator measured for a frame before fusion: how long the worker waited for it
-    (``decode_ms``: decode, and pacing of a live source) and each branch queue's depth after it
-    was submitted."""
+    (``decode_ms``: decode, and pacing of a live source) and each branch queue's depth when the
+    frame was handed to fusion (after it entered the queues that took it; under the WaitForRoom
+    policy, which hands the frame to fusion first, before)."""
 
     decode_ms: float | None = None
     queue_depths: Mapping[str, int] = field(default_factory=dict)
@@ -302,7 +317,9 @@ class StageTimings:
 
     def waited_on(self) -> str | None:
         """The branch that made this frame wait longest (STRICT_SYNC; None when nothing was waited for)."""
-        return max(self.wait_for_ms, key=lambda b: self.wait_for_ms[b]) if self.wait_for_ms else None
+        if not self.wait_for_ms or max(self.wait_for_ms.values()) <= 0.0:
+            return None  # nothing was waited for
+        return max(self.wait_for_ms, key=lambda b: self.wait_for_ms[b])
 
     def by_frame(self) -> dict[int, dict[str, float]]:
         """The figures under their telemetry names, grouped by the frame each belongs to.
