@@ -1,4 +1,8 @@
-"""Export per-frame counts to CSV or JSON."""
+"""Export per-frame counts to CSV or JSON.
+
+Columns (CSV header, JSON keys) are :data:`storage.queries.COUNT_COLUMNS`, in that order. An
+unknown count is an empty CSV cell and a JSON null, never 0, with its ``unknown_reason``.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ def _write_csv(rows: Sequence[dict[str, Any]], f: Any) -> None:
     writer = csv.DictWriter(f, fieldnames=COUNT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        # Lists and dicts (late_branches, zones) go into one cell as JSON; None is an empty cell.
+        # Lists and dicts (missing, late_branches, zones) go into one cell as JSON; None (an unknown
+        # count, no reason, no counted frame) is an empty cell.
         writer.writerow(
             {k: json.dumps(v, separators=(",", ":")) if isinstance(v, list | dict) else v for k, v in row.items()}
         )
@@ -44,8 +49,10 @@ def export_counts(
 ) -> int:
     """Write the per-frame counts of :func:`storage.queries.count_history` to ``out_path``; returns rows written.
 
-    The format follows the suffix: ``.csv`` (header row; ``zones`` and ``late_branches`` as JSON
-    text, an empty cell for no density count) or ``.json`` (a list of objects). ``since``
+    Every frame stored so far (an export during a run is a consistent snapshot of the committed
+    batches), ordered by run, then frame. The format follows the suffix: ``.csv`` (header row;
+    ``missing``, ``late_branches`` and ``zones`` as JSON text; an empty cell for an unknown count
+    or another absent value) or ``.json`` (a list of objects, null for absent values). ``since``
     (inclusive) and ``until`` (exclusive) filter on ``published_at`` (ISO-8601, naive = UTC).
     The file appears complete or not at all. Raises ``StorageError`` for an unknown suffix, a
     bad time, or a database that cannot be read or a file that cannot be written.

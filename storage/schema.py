@@ -13,12 +13,27 @@ Tables (one database holds many runs):
   process start time in clock ticks since boot, from ``/proc``, NULL where unknown) so that a
   later writer can tell a dead run from a live one. ``config_json``/``versions_json``/
   ``summary_json`` are JSON objects.
-- ``frames``: one row per published ``FusedResult``. ``partial`` is 0/1; ``density_count`` is
-  NULL when the frame had no density map; ``region_source`` is the JSON (rows, cols) grid of the
-  hybrid decision (1 = density, 0 = detections); ``zones_json`` maps zone to fused count;
-  ``late_branches`` and ``overlays_json`` are JSON lists.
+- ``frames``: one row per published frame (see ``storage.writer``: a RAW_STREAM_WITH_METADATA
+  frame's row comes from its metadata record). The count contract of ``FusedResult``: an unknown
+  count is NULL, never 0. ``fused_count`` is NULL exactly when ``unknown_reason`` (text, e.g.
+  ``warming up``, ``late: yolo_tiles``, ``stale: ...``) says why; ``detection_count`` and
+  ``density_count`` are NULL when unknown (``density_count`` also when the frame had no density
+  map). ``counts_frame_index`` is the frame the counts belong to (the frame itself under
+  STRICT_SYNC and RAW_STREAM_WITH_METADATA, the latest finalized frame under ASYNC_OVERLAY, also
+  when its counts are unknown, e.g. stale; NULL before the first one: ASYNC_OVERLAY's warm-up
+  frames) and ``counts_age_ms`` their age at publication (NULL when there is none). ``missing_json`` is the JSON object branch -> reason of
+  the branches missing from the counted frame (``late``, ``dropped (queue full)``,
+  ``failed: ...``, ``warming up``, ``stale: ...``); ``partial`` is 0/1, 1 when ``missing_json``
+  is not empty; ``late_branches`` (a JSON list, kept for older readers) is the ``late`` ones.
+  ``region_source`` is the JSON (rows, cols) grid of the hybrid decision (1 = density,
+  0 = detections; empty when unknown); ``zones_json`` maps zone to fused count (null when
+  unknown); ``overlays_json`` is a JSON list.
 - ``frame_timings``: long format, one row per (frame, stage), so a new stage needs no migration.
-  ``stage`` is the telemetry name (``decode_ms``) and ``ms`` its value.
+  ``stage`` is the telemetry name (``decode_ms``, ``yolo.run_ms``) and ``ms`` its value;
+  ``frame_index`` is the frame the figure belongs to (``StageTimings.by_frame``), which under
+  ASYNC_OVERLAY may be older than the publication that carried it. A summed stage (plain
+  ``run_ms``: the work on a frame) may have one row per publication that reported work of that
+  frame: a reader adds them up (``storage.queries.timing_rows``).
 - ``events``: things that happened during a run (``error``, ``reconnect``, ``strategy_switch``,
   ``drop``, ``stall``, ...), with an optional frame and a JSON ``data_json`` object. The writer
   adds its own: ``storage_blocked``/``storage_resumed``/``storage_dropped`` (the database could
@@ -29,9 +44,15 @@ Timestamps (``started_at``, ``ended_at``, ``published_at``, ``ts``) are UTC ISO-
 microseconds and ``+00:00`` (``2024-05-01T12:00:00.000000+00:00``), all in that one format so that
 comparing strings compares times. ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`.
 
-Migrations: version 2 added ``runs.pid``, ``runs.host`` and ``runs.proc_start``. Opening a version
-1 database adds the missing columns (``ALTER TABLE ... ADD COLUMN``, NULL in old rows) and stamps
-version 2; a newer version than this program's is refused.
+Migrations: version 2 added ``runs.pid``, ``runs.host`` and ``runs.proc_start``; version 3 made
+``frames.fused_count`` and ``frames.detection_count`` nullable and added ``frames.unknown_reason``,
+``missing_json``, ``counts_frame_index`` and ``counts_age_ms``. Opening an older database adds the
+missing ``runs`` columns (``ALTER TABLE ... ADD COLUMN``, NULL in old rows) and rebuilds ``frames``
+(SQLite cannot drop a NOT NULL constraint in place): in the one transaction that stamps the new
+version, a new table is created, the rows copied, the old table dropped, the new one renamed and
+its indexes recreated. Migrated rows keep their values; ``missing_json`` is made from their
+``late_branches`` (``{branch: "late"}``: older versions recorded no other reason), the other new
+columns are NULL (not recorded). A newer version than this program's is refused.
 """
 
 from __future__ import annotations
@@ -51,7 +72,7 @@ from sqlite_utils import Database
 
 from config.errors import StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_STATUSES = ("completed", "completed_with_errors", "failed", "interrupted", "terminated", "aborted")
 """The end statuses of a run (documentation: ``end_run`` stores any string)."""
@@ -59,13 +80,21 @@ RUN_STATUSES = ("completed", "completed_with_errors", "failed", "interrupted", "
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
-    """Columns (name → Python type, in order), primary key, NOT NULL columns and foreign keys."""
+    """Columns (name → Python type, in order), primary key, NOT NULL columns and foreign keys.
+
+    ``rebuilt_in``: the schema version that changed a constraint of the table (which ``ALTER
+    TABLE`` cannot do): a table of an older database is rebuilt, its rows copied; ``derived``
+    gives the SQL expression (over the old row's columns) that fills a new column in the copy,
+    NULL otherwise.
+    """
 
     columns: Mapping[str, type]
     pk: str | None = None
     not_null: tuple[str, ...] = ()
     foreign_keys: tuple[tuple[str, str, str], ...] = ()
     indexes: tuple[tuple[str, ...], ...] = field(default=())
+    rebuilt_in: int = 0
+    derived: Mapping[str, str] = field(default_factory=dict)
 
 
 TABLES: dict[str, TableSpec] = {
@@ -105,10 +134,18 @@ TABLES: dict[str, TableSpec] = {
             "late_branches": str,
             "overlays_json": str,
             "published_at": str,
+            # version 3: the count contract (unknown is NULL with a reason)
+            "unknown_reason": str,
+            "missing_json": str,
+            "counts_frame_index": int,
+            "counts_age_ms": float,
         },
-        not_null=("run_id", "frame_index", "published_at", "fused_count", "detection_count", "partial"),
+        not_null=("run_id", "frame_index", "published_at", "partial"),
         foreign_keys=(("run_id", "runs", "id"),),
         indexes=(("run_id", "frame_index"), ("published_at",)),
+        rebuilt_in=3,  # fused_count / detection_count lost NOT NULL
+        # Versions 1-2 recorded only the late branches of a partial frame.
+        derived={"missing_json": "(SELECT json_group_object(value, 'late') FROM json_each(late_branches))"},
     ),
     "frame_timings": TableSpec(
         columns={"run_id": int, "frame_index": int, "stage": str, "ms": float},
@@ -148,11 +185,12 @@ def write_transaction(db: Database) -> Iterator[None]:
 
 
 def create_schema(db: Database) -> None:
-    """Create missing tables, columns and indexes and stamp :data:`SCHEMA_VERSION`.
+    """Create missing tables, columns and indexes, migrate an older database, stamp :data:`SCHEMA_VERSION`.
 
-    An older database (version 1) gets the columns it lacks. The final ``PRAGMA user_version``
-    write doubles as a check that the file is writable. Raises ``StorageError`` for a database
-    made by a newer schema version.
+    All in one transaction: an older database (version 1 or 2) gets the ``runs`` columns it lacks
+    and a rebuilt ``frames`` table, or stays as it was if anything fails. The final ``PRAGMA
+    user_version`` write doubles as a check that the file is writable. Raises ``StorageError``
+    for a database made by a newer schema version.
     """
     with write_transaction(db):
         found = db.execute("PRAGMA user_version").fetchone()[0]
@@ -164,10 +202,13 @@ def create_schema(db: Database) -> None:
         for name, spec in TABLES.items():
             table = db.table(name)
             if table.exists():
-                have = {c.name for c in table.columns}
-                for column, kind in spec.columns.items():
-                    if column not in have:
-                        table.add_column(column, kind)
+                if found < spec.rebuilt_in:
+                    _rebuild(db, name, spec)
+                else:
+                    have = {c.name for c in table.columns}
+                    for column, kind in spec.columns.items():
+                        if column not in have:
+                            table.add_column(column, kind)
             table.create(
                 dict(spec.columns),
                 pk=spec.pk,
@@ -178,6 +219,29 @@ def create_schema(db: Database) -> None:
             for columns in spec.indexes:
                 table.create_index(columns, index_name=f"idx_{name}_{'_'.join(columns)}", if_not_exists=True)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _rebuild(db: Database, name: str, spec: TableSpec) -> None:
+    """Replace table ``name`` by one made from ``spec``, rows copied (call inside a transaction).
+
+    SQLite's recipe for a change ``ALTER TABLE`` cannot make: create the new table, copy, drop the
+    old one (its indexes go with it), rename the new one. The caller recreates the indexes. No
+    table refers to ``frames``, so dropping it needs no foreign-key dance.
+    """
+    new = f"{name}_v{SCHEMA_VERSION}"
+    db.execute(f'DROP TABLE IF EXISTS "{new}"')  # left by nothing (one transaction), but be sure
+    db.execute(
+        db.create_table_sql(
+            new, dict(spec.columns), pk=spec.pk, not_null=spec.not_null, foreign_keys=list(spec.foreign_keys)
+        )
+    )
+    have = {c.name for c in db.table(name).columns}
+    targets = [c for c in spec.columns if c in have or c in spec.derived]
+    columns = ", ".join(f'"{c}"' for c in targets)
+    sources = ", ".join(f'"{c}"' if c in have else spec.derived[c] for c in targets)
+    db.execute(f'INSERT INTO "{new}" ({columns}) SELECT {sources} FROM "{name}" ORDER BY rowid')
+    db.execute(f'DROP TABLE "{name}"')
+    db.execute(f'ALTER TABLE "{new}" RENAME TO "{name}"')
 
 
 def utc_iso(when: datetime) -> str:

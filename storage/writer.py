@@ -1,13 +1,16 @@
 """The SQLite writer: a ``Sink`` whose one thread owns the database connection.
 
-The pipeline thread calls :meth:`SqliteWriter.write` once per published ``FusedResult``. ``write``
-turns the result into rows at once (so no image or array is kept alive by the queue), stamps
-``published_at``, and puts the rows on the writer's inbox; the writer thread inserts them in
-batches (``batch_size`` items, or ``flush_interval_s`` after the oldest waiting one, whichever
-comes first), each batch one transaction, in WAL mode so readers (the UI's history charts,
-exports) never block it. On a healthy database a row is therefore committed within
-``flush_interval_s`` (plus one batch's insert time) of its ``write``: that bounds what a kill -9
-loses.
+The pipeline thread calls :meth:`SqliteWriter.write` once per published ``FusedResult`` (and
+:meth:`SqliteWriter.write_metadata` once per RAW_STREAM_WITH_METADATA ``MetadataRecord``: a raw
+frame's row comes from its record; :meth:`SqliteWriter.write_work` takes the ``WorkRecord`` of work
+no publication reported, timings only). Every published frame is stored, unknown counts as NULL with
+their reason (the count contract, see ``storage.schema``). ``write`` turns the result into rows
+at once (so no image or array is kept alive by the queue), stamps ``published_at``, and puts the
+rows on the writer's inbox; the writer thread inserts them in batches (``batch_size`` items, or
+``flush_interval_s`` after the oldest waiting one, whichever comes first), each batch one
+transaction, in WAL mode so readers (the UI's history charts, exports) never block it. On a
+healthy database a row is therefore committed within ``flush_interval_s`` (plus one batch's
+insert time) of its ``write``: that bounds what a kill -9 loses.
 
 Storage faults never stop counting. A locked database (another process holds the write lock
 longer than ``busy_timeout_s``), a full disk or an I/O error is retried with exponential backoff
@@ -67,7 +70,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -80,8 +83,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from config.errors import StorageError
-from config.schema import StorageConfig
-from pipeline.types import FusedResult
+from config.schema import FusionStrategyName, StorageConfig
+from pipeline.types import CountResult, FusedResult, MetadataRecord, OverlayInfo, StageTimings, WorkRecord
 from storage.schema import create_schema, to_json, utc_iso, utc_now, write_transaction
 
 log = logging.getLogger("people_counter.storage")
@@ -96,40 +99,62 @@ def count_rows(
     frame_index: int,
     pts: float,
     strategy: str,
-    partial: bool,
-    counts: Any,
-    late_branches: Any,
-    overlays: Any,
-    timings: Mapping[str, float],
+    counts: CountResult,
+    missing: Mapping[str, str],
+    overlays: Iterable[OverlayInfo],
+    timings: StageTimings,
+    counts_frame_index: int | None,
+    counts_age_ms: float | None,
     published_at: str,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``frames`` row and the ``frame_timings`` rows of one frame's counts (plain Python values)."""
+    """The ``frames`` row of one frame's counts and the ``frame_timings`` rows its publication carries.
+
+    Plain Python values; an unknown count is None (NULL), never 0, with ``unknown_reason``.
+    Each timing row is filed under the frame its figure belongs to (``timings.by_frame()``), which
+    may be older than ``frame_index``: under ASYNC_OVERLAY a publication carries the branch work
+    of the frames finalized since the previous one.
+    """
+    missing = dict(missing)
     row = {
         "run_id": run_id,
         "frame_index": int(frame_index),
         "pts": float(pts),
         "stream_id": stream_id,
         "strategy": str(strategy),
-        "partial": int(bool(partial)),
-        "fused_count": float(counts.fused),
-        "detection_count": int(counts.detection),
-        "density_count": None if counts.density is None else float(counts.density),
+        "partial": int(bool(missing)),
+        "fused_count": _number(counts.fused, float),
+        "detection_count": _number(counts.detection, int),
+        "density_count": _number(counts.density, float),
         "policy": counts.policy,
         "region_source": to_json(counts.region_source),
-        "zones_json": to_json(dict(counts.zones)),
-        "late_branches": to_json(list(late_branches)),
+        "zones_json": to_json({z: _number(v, float) for z, v in counts.zones.items()}),
+        "late_branches": to_json([b for b, why in missing.items() if why == "late"]),
         "overlays_json": to_json([{"branch": o.branch, "frame_index": o.frame_index, "lag_ms": o.lag_ms} for o in overlays]),
         "published_at": published_at,
+        "unknown_reason": counts.unknown_reason if counts.fused is None else None,
+        "missing_json": to_json(missing),
+        "counts_frame_index": _number(counts_frame_index, int),
+        "counts_age_ms": _number(counts_age_ms, float),
     }
-    rows = [
-        {"run_id": run_id, "frame_index": row["frame_index"], "stage": stage, "ms": float(ms)}
-        for stage, ms in timings.items()
+    return row, frame_timing_rows(run_id, timings)
+
+
+def frame_timing_rows(run_id: int, timings: StageTimings) -> list[dict[str, Any]]:
+    """The ``frame_timings`` rows of a publication's timings, each under the frame it belongs to."""
+    return [
+        {"run_id": run_id, "frame_index": int(idx), "stage": stage, "ms": float(ms)}
+        for idx, figures in timings.by_frame().items()
+        for stage, ms in figures.items()
     ]
-    return row, rows
+
+
+def _number(value: Any, kind: Callable[[Any], Any]) -> Any:
+    # None stays None: SQLite NULL, the count contract's "unknown".
+    return None if value is None else kind(value)
 
 
 def frame_rows(result: FusedResult, run_id: int, published_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``frames`` row and the ``frame_timings`` rows of one published result."""
+    """The ``frames`` row and the ``frame_timings`` rows of one published (not ``raw``) result."""
     meta = result.frame
     return count_rows(
         run_id,
@@ -137,11 +162,33 @@ def frame_rows(result: FusedResult, run_id: int, published_at: str) -> tuple[dic
         frame_index=meta.frame_index,
         pts=meta.pts,
         strategy=result.strategy,
-        partial=result.partial,
         counts=result.counts,
-        late_branches=result.late_branches,
+        missing=result.missing,
         overlays=result.overlays,
         timings=result.timings,
+        counts_frame_index=result.counts_frame_index,
+        counts_age_ms=result.counts_age_ms,
+        published_at=published_at,
+    )
+
+
+def metadata_rows(record: MetadataRecord, run_id: int, published_at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``frames`` row and the ``frame_timings`` rows of a RAW_STREAM_WITH_METADATA record.
+
+    Its counts are those of the record's own frame (``counts_frame_index == frame_index``).
+    """
+    return count_rows(
+        run_id,
+        stream_id=record.stream_id,
+        frame_index=record.frame_index,
+        pts=record.pts,
+        strategy=FusionStrategyName.RAW_STREAM_WITH_METADATA.value,
+        counts=record.counts,
+        missing=record.missing,
+        overlays=record.overlays,
+        timings=record.timings,
+        counts_frame_index=record.frame_index,
+        counts_age_ms=record.counts_age_ms,
         published_at=published_at,
     )
 
@@ -254,7 +301,8 @@ def abort_dead_runs(
 
 @dataclass(slots=True)
 class _Rows:
-    """Rows to insert (``frames``, ``events``) or a run's end (``run_end``: one ``runs`` update).
+    """Rows to insert (``frames``, ``events``; ``frame_timings`` for timings alone) or a run's end
+    (``run_end``: one ``runs`` update). ``timings`` go with a ``frames`` row (or alone).
 
     ``enqueued`` is ``time.monotonic()`` at ``put``, the start of its flush deadline.
     """
@@ -581,38 +629,41 @@ class SqliteWriter:
     def write(self, result: FusedResult) -> None:
         """Queue one published result; waits only when the inbox is full (up to ``put_timeout_s``).
 
-        A result without counts (``counts_frame_index is None``: a raw frame of
-        RAW_STREAM_WITH_METADATA, whose counts come in its metadata record) is not a count row.
+        Every publication is a ``frames`` row, unknown counts included (ASYNC_OVERLAY's warm-up
+        frames: ``counts_frame_index`` NULL, ``unknown_reason`` ``warming up``), except a ``raw``
+        one (RAW_STREAM_WITH_METADATA): its counts, and its frame's timings, come in its metadata
+        record (:meth:`write_metadata`), which stores the frame's row. The raw publication's own
+        figures (``decode_ms`` and queue depths, which the record repeats, and the raw frame's
+        ``end_to_end_ms``, which would clash with the record's) are not stored.
         """
-        if result.counts_frame_index is None:
-            return
         with self._producing():
             run_id = self._run_id
             if run_id is None:
                 raise StorageError("SqliteWriter.write: no run is open; call start_run() first")
+            if result.raw:
+                return
             row, timings = frame_rows(result, run_id, utc_iso(self._clock()))
             self._put(_Rows("frames", [row], timings))
 
-    def write_metadata(self, record: Any) -> None:
-        """Queue the count row of a RAW_STREAM_WITH_METADATA metadata record (``pipeline.fusion.MetadataRecord``)."""
+    def write_metadata(self, record: MetadataRecord) -> None:
+        """Queue the ``frames`` row (counts of the record's own frame) and the timings of a
+        RAW_STREAM_WITH_METADATA metadata record. Records may come out of frame order; readers
+        order by frame."""
         with self._producing():
             run_id = self._run_id
             if run_id is None:
                 raise StorageError("SqliteWriter.write_metadata: no run is open; call start_run() first")
-            row, timings = count_rows(
-                run_id,
-                stream_id=record.stream_id,
-                frame_index=record.frame_index,
-                pts=record.pts,
-                strategy="RAW_STREAM_WITH_METADATA",
-                partial=record.partial,
-                counts=record.counts,
-                late_branches=record.late_branches,
-                overlays=record.overlays,
-                timings=record.timings,
-                published_at=utc_iso(self._clock()),
-            )
+            row, timings = metadata_rows(record, run_id, utc_iso(self._clock()))
             self._put(_Rows("frames", [row], timings))
+
+    def write_work(self, record: WorkRecord) -> None:
+        """Queue the ``frame_timings`` rows of branch work no publication reported (the tail of an
+        ASYNC_OVERLAY run, from ``Fusion.flush``), each under its own frame; no ``frames`` row."""
+        with self._producing():
+            run_id = self._run_id
+            if run_id is None:
+                raise StorageError("SqliteWriter.write_work: no run is open; call start_run() first")
+            self._put(_Rows("frame_timings", [], frame_timing_rows(run_id, record.timings)))
 
     def event(self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
         """Queue an event (``error``, ``reconnect``, ``strategy_switch``, ``drop``, ``stall``, ...) of the open run."""
@@ -1228,4 +1279,13 @@ class SqliteWriter:
                     item.future.set_exception(self._failure_error())
 
 
-__all__ = ["SqliteWriter", "abort_dead_runs", "fault_reason", "frame_rows", "process_alive"]
+__all__ = [
+    "SqliteWriter",
+    "abort_dead_runs",
+    "count_rows",
+    "fault_reason",
+    "frame_rows",
+    "frame_timing_rows",
+    "metadata_rows",
+    "process_alive",
+]

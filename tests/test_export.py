@@ -37,7 +37,7 @@ def db(tmp_path: Path) -> Path:
         writer.end_run("completed")  # 12:00:11
         writer.start_run({}, {}, "b.mp4", "STRICT_SYNC")  # 12:00:12
         for i in range(3):
-            writer.write(make_result(i, partial=i == 1, late_branches=("density",) if i == 1 else ()))
+            writer.write(make_result(i, missing={"density": "late"} if i == 1 else None))
         writer.end_run("completed")
     return path
 
@@ -57,7 +57,8 @@ def test_csv_contents(db: Path, tmp_path: Path) -> None:
     assert rows[0] == {
         "run_id": "1", "frame_index": "0", "pts": "0.0", "stream_id": "cam0",
         "published_at": "2024-05-01T12:00:01.000000+00:00", "strategy": "ASYNC_OVERLAY", "policy": "hybrid",
-        "fused_count": "0.0", "detection_count": "0", "density_count": "20.0", "partial": "False",
+        "fused_count": "0.0", "detection_count": "0", "density_count": "20.0", "unknown_reason": "",
+        "counts_frame_index": "0", "counts_age_ms": "5.0", "partial": "False", "missing": "{}",
         "late_branches": "[]", "zones": '{"door":0.0}',
     }
     assert rows[1]["density_count"] == "", "no density map: an empty cell"
@@ -74,6 +75,7 @@ def test_json_contents(db: Path, tmp_path: Path) -> None:
     assert [list(row) for row in data] == [list(COUNT_COLUMNS)] * 13
     partial = [r for r in data if r["partial"]]
     assert len(partial) == 1 and partial[0]["run_id"] == 2 and partial[0]["late_branches"] == ["density"]
+    assert partial[0]["missing"] == {"density": "late"}
     assert data[1]["density_count"] is None
     assert out.read_text().count("\n") == 13 + 2, "one row per line"
 

@@ -20,7 +20,7 @@ from pipeline.telemetry import stage_stats
 from storage import queries
 from storage.schema import SCHEMA_VERSION, TABLES
 from storage.writer import SqliteWriter
-from tests.storage_builders import StepClock, make_result, no_new_threads
+from tests.storage_builders import StepClock, make_record, make_result, no_new_threads
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -56,7 +56,7 @@ def test_round_trip(tmp_path: Path) -> None:
     db = tmp_path / "runs" / "people.db"  # the folder is created
     results = [
         make_result(0, fused=3.0, detections=3, density=None, zones={"door": 1.0}),
-        make_result(1, fused=41.5, detections=12, density=41.5, partial=True, late_branches=("density",)),
+        make_result(1, fused=41.5, detections=12, density=41.5, missing={"density": "late"}),
         make_result(2, fused=0.0, detections=0, density=0.25, with_image=True,
                     timings={"decode_ms": 2.0, "fusion_wait_ms": 3.5, "end_to_end_ms": 20.0}),
     ]
@@ -72,10 +72,12 @@ def test_round_trip(tmp_path: Path) -> None:
     assert first == {
         "run_id": run_id, "frame_index": 0, "pts": 0.0, "stream_id": "cam0",
         "published_at": "2024-05-01T12:00:01.000000+00:00", "strategy": "ASYNC_OVERLAY", "policy": "hybrid",
-        "fused_count": 3.0, "detection_count": 3, "density_count": None, "partial": False,
+        "fused_count": 3.0, "detection_count": 3, "density_count": None, "unknown_reason": None,
+        "counts_frame_index": 0, "counts_age_ms": 5.0, "partial": False, "missing": {},
         "late_branches": [], "zones": {"door": 1.0},
     }
     assert second["partial"] is True and second["late_branches"] == ["density"]
+    assert second["missing"] == {"density": "late"}
     assert second["density_count"] == 41.5 and second["detection_count"] == 12 and second["fused_count"] == 41.5
     assert third["density_count"] == 0.25 and third["pts"] == pytest.approx(2 / 25)
 
@@ -85,8 +87,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert json.loads(raw["region_source"]) == [[0, 1, 0], [1, 1, 0]]
     assert json.loads(raw["overlays_json"]) == [{"branch": "yolo", "frame_index": 1, "lag_ms": 12.5}]
     assert raw["partial"] == 1
+    assert json.loads(raw["missing_json"]) == {"density": "late"}
 
-    assert queries.timing_rows(db, run_id) == [dict(r.timings) for r in results]
+    assert queries.timing_rows(db, run_id) == [r.timings.by_frame()[i] for i, r in enumerate(results)]
     (run,) = queries.runs(db)
     assert run["id"] == run_id and run["status"] == "completed" and run["frames"] == 3
     assert run["source"] == "clip.mp4" and run["strategy"] == "STRICT_SYNC"
@@ -486,24 +489,22 @@ def test_summary_with_stage_stats_is_valid_json(tmp_path: Path) -> None:
     assert not math.isnan(summary["decode_ms"]["p99"])
 
 
-def test_raw_frames_without_counts_are_not_count_rows_but_their_metadata_is(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """RAW_STREAM_WITH_METADATA publishes frames (no counts) and metadata records (the counts)."""
-    import dataclasses
-    import sqlite3
-
-    from pipeline.fusion import MetadataRecord
-    from storage.writer import SqliteWriter
-    from tests.storage_builders import make_result
-
+def test_raw_frames_are_stored_from_their_metadata_records(tmp_path: Path) -> None:
+    """RAW_STREAM_WITH_METADATA publishes frames (no counts) and metadata records (the counts):
+    the record makes the frame's row and its timings; the raw publication adds nothing."""
     db = tmp_path / "raw.db"
     with SqliteWriter(db) as writer:
-        writer.start_run({}, {}, "src", "RAW_STREAM_WITH_METADATA")
-        raw = dataclasses.replace(make_result(0, strategy="RAW_STREAM_WITH_METADATA"), counts_frame_index=None)
-        writer.write(raw)
-        full = make_result(0)
-        record = MetadataRecord.from_detections(full.frame, full.detections, counts=full.counts, density=None, timings={"x_ms": 1.0})
-        writer.write_metadata(record)
+        run_id = writer.start_run({}, {}, "src", "RAW_STREAM_WITH_METADATA")
+        writer.write(make_result(0, raw=True, timings={"decode_ms": 7.0, "end_to_end_ms": 0.5}))
+        writer.write_metadata(make_record(0, fused=4.0, timings={"decode_ms": 7.0, "end_to_end_ms": 30.0, "yolo.run_ms": 20.0}))
+        writer.write(make_result(1, raw=True))
+        writer.write_metadata(make_record(1, fused=None, missing={"density": "late"}, counts_age_ms=80.0))
         writer.end_run("completed")
-    with sqlite3.connect(db) as con:
-        rows = con.execute("select frame_index, strategy, fused_count from frames").fetchall()
-    assert rows == [(0, "RAW_STREAM_WITH_METADATA", float(full.counts.fused))]
+    rows = queries.count_history(db, run_id=run_id)
+    assert [(r["frame_index"], r["strategy"], r["fused_count"], r["unknown_reason"], r["counts_frame_index"]) for r in rows] == [
+        (0, "RAW_STREAM_WITH_METADATA", 4.0, None, 0),
+        (1, "RAW_STREAM_WITH_METADATA", None, "late: density", 1),
+    ]
+    assert rows[1]["missing"] == {"density": "late"} and rows[1]["counts_age_ms"] == 80.0
+    assert rows[1]["detection_count"] is None and rows[1]["partial"] is True
+    assert queries.timing_rows(db, run_id)[0] == {"decode_ms": 7.0, "yolo.run_ms": 20.0, "run_ms": 20.0, "end_to_end_ms": 30.0}

@@ -13,6 +13,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from storage.writer import SqliteWriter, process_alive, process_start
 from tests.storage_builders import make_result, no_new_threads
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = {"busy_timeout_s": 0.05, "retry_initial_s": 0.01, "retry_max_s": 0.1, "flush_interval_s": 0.05}
+FAST: dict[str, Any] = {"busy_timeout_s": 0.05, "retry_initial_s": 0.01, "retry_max_s": 0.1, "flush_interval_s": 0.05}
 """Short waits so a fault is seen and retried quickly (the defaults are for production)."""
 
 
@@ -388,7 +389,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
         writer.write(make_result(0))
         writer.end_run("completed")
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert [r[1] for r in conn.execute("PRAGMA table_info(runs)")] == list(TABLES["runs"].columns)
         rows = conn.execute("SELECT id, status, pid FROM runs ORDER BY id").fetchall()
     assert rows == [(1, "completed", None), (2, "completed", os.getpid())]
