@@ -109,32 +109,49 @@ def test_summarize_stage_order_is_first_seen_and_empty_input() -> None:
 
 
 def test_memory_and_sqlite_give_identical_stats(tmp_path) -> None:
+    """What a run publishes (typed timings) and what SQLite gives back make the same statistics:
+    exactly with ``summarize``, and with the live ``StageAccumulator`` (exact n/mean/max,
+    percentiles within 1 %)."""
     rng = np.random.default_rng(7)
     memory_rows: list[dict[str, float]] = []
+    live = StageAccumulator()
     with SqliteWriter(tmp_path / "t.db", batch_size=16) as writer:
         run_id = writer.start_run({}, {}, source="synthetic://", strategy="STRICT_SYNC")
         for i in range(40):
-            timings = {
-                "decode_ms": float(rng.gamma(2.0, 2.0)),
-                "inference_model_yolo_ms": float(rng.gamma(5.0, 3.0)),
-                "end_to_end_ms": float(rng.gamma(9.0, 4.0)),
-            }
+            work = [BranchTimings("yolo", i, {"inference_model_yolo_ms": float(rng.gamma(5.0, 3.0))})]
             if i % 5 == 0:  # density every 5th frame: 8 samples, 3 after warm-up
-                timings["inference_model_csrnet_ms"] = float(rng.gamma(20.0, 2.0))
-            if i in (3, 30):  # a stage too rare to have statistics: NaN on both sides
-                timings["render_ms"] = float(rng.uniform(1, 2))
-            memory_rows.append(timings)
+                work.append(BranchTimings("density", i, {"inference_model_csrnet_ms": float(rng.gamma(20.0, 2.0))}))
+            timings = StageTimings(
+                frame_index=i,
+                frame=FrameTimings(decode_ms=float(rng.gamma(2.0, 2.0))),
+                branches=tuple(work),
+                # a figure too rare to have statistics: NaN on both sides
+                fusion_wait_ms=float(rng.uniform(1, 2)) if i in (3, 30) else None,
+                end_to_end_ms=float(rng.gamma(9.0, 4.0)),
+            )
+            memory_rows.append(timings.by_frame()[i])
+            live.add(timings)
             writer.write(make_result(i, timings=timings))
         writer.end_run("completed", {})
     from_db = timing_rows(tmp_path / "t.db", run_id)
     assert from_db == memory_rows
-    live, stored = summarize(memory_rows), summarize(from_db)
-    assert list(live) == list(stored)
-    for stage in live:
-        assert_stats(stored[stage], live[stage])
+    in_memory, stored = summarize(memory_rows), summarize(from_db)
+    assert list(in_memory) == list(stored)
+    for stage in in_memory:
+        assert_stats(stored[stage], in_memory[stage])
     assert stored["inference_model_csrnet_ms"].n == 3
-    assert stored["render_ms"].n == 0
-    assert format_table(live) == format_table(stored)
+    assert stored["density.inference_model_csrnet_ms"].n == 3
+    assert stored["fusion_wait_ms"].n == 0
+    assert format_table(in_memory) == format_table(stored)
+    streamed = live.stats()
+    assert set(streamed) == set(stored)
+    for stage, st in stored.items():
+        got = streamed[stage]
+        assert got.n == st.n, stage
+        if st.n:
+            assert got.mean == pytest.approx(st.mean) and got.max == st.max, stage
+            for q in ("p50", "p90", "p95", "p99"):
+                assert getattr(got, q) == pytest.approx(getattr(st, q), rel=0.01), (stage, q)
 
 
 def test_format_table_is_aligned() -> None:
