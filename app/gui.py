@@ -1,57 +1,491 @@
-"""The operator window: the same pipeline as headless, with the Qt front end as a sink."""
+"""The operator window: a session of runs, each the same pipeline as headless, with the window as a sink.
+
+:class:`GuiSession` is the window's :class:`ui.window.Controller`. It builds each run from the same
+pieces as headless (``app.build``, :class:`~pipeline.orchestrator.Orchestrator`,
+:class:`~storage.writer.SqliteWriter`) but on a thread of its own (``pc-gui-run``), so that
+building (opening the source, loading models), stopping (cancelling an inference) and flushing the
+database never happen on the UI thread, and a run that fails leaves the window usable.
+
+Pause: a file's frames stop being read (the source waits; nothing is decoded, published or
+stored while paused, and the file resumes where it stopped); a network stream keeps being read
+(so the connection and its buffers stay healthy) but its frames are dropped before the pipeline.
+Either way no count is published during a pause: the charts and the database show a gap, never an
+invented count. Files are always delivered at their frame rate, as a camera would (the pacing
+restarts after a pause instead of catching up).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
 
-from app.headless import load_config_with_overrides, run_pipeline
+from app.build import make_branches, make_counter, make_source
+from app.headless import SummarySink, versions
+from config import load_pipeline_config
+from config.errors import AppError, ConfigError, StageError
+from config.schema import PipelineConfig
 from pipeline.orchestrator import Orchestrator
+from pipeline.protocols import Branch
+from pipeline.sources import is_network_uri
+from pipeline.types import Frame
 from storage.export import export_counts
 from storage.writer import SqliteWriter
-from ui.bridge import LatestResultSink, PipelineStatus, RunState
+from ui.bridge import LatestResultSink, PipelineStatus, RunRequest, RunState
+
+log = logging.getLogger("people_counter.app")
+
+STOP_JOIN_S = 1.5
+"""How long a stop waits for the pipeline's threads (a cancelled ONNX Runtime run ends in ms)."""
 
 
-class GuiController:
-    """What the window may ask of the running pipeline (``ui.window.Controller``)."""
+def build_config(request: RunRequest) -> PipelineConfig:
+    """The config of ``request``: the file with the request's overrides, validated again.
 
-    def __init__(self, orch: Orchestrator, writer: SqliteWriter, db_path: str, run_id: int) -> None:
-        self._orch = orch
-        self._writer = writer
-        self._db_path = db_path
-        self._run_id = run_id
+    The window paces files itself, so ``realtime`` is turned off here (no ``PacedSource``).
+    """
+    cfg = load_pipeline_config(request.config_path)
+    data = cfg.model_dump(mode="json")
+    stream = data["streams"][0]
+    if request.source:
+        stream["uri"] = request.source
+    stream["realtime"] = False
+    if request.branches is not None:
+        unknown = sorted(set(request.branches) - set(data["branches"]))
+        if unknown:
+            raise ConfigError(f"{request.config_path}: no branch named {', '.join(unknown)}; "
+                              f"the config has {', '.join(data['branches'])}")
+        for name, branch in data["branches"].items():
+            branch["enabled"] = name in request.branches
+        if not request.branches:
+            raise ConfigError("no branch selected: tick at least one branch in Run ▸ Branches")
+    if request.strategy:
+        data["fusion"]["strategy"] = request.strategy
+    if request.max_frames is not None:
+        data["max_frames"] = request.max_frames
+    if request.db_path:
+        data["storage"]["db_path"] = request.db_path
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValueError as e:
+        raise ConfigError(f"{request.config_path}: {e}") from None
 
-    def switch_strategy(self, name: str) -> None:
-        self._orch.switch_strategy(name)
 
-    def export(self, path: str) -> int:
-        """The run's count history so far, including rows still queued for the database."""
-        self._writer.flush()
-        return export_counts(self._db_path, path, run_id=self._run_id)
+class OperatorSource:
+    """The window's frame source: paces a file at its frame rate and holds (or drops) frames while paused.
+
+    ``pace``: deliver no faster than the inner source's ``fps`` (files). ``hold``: while paused, stop
+    reading (files); otherwise read and drop (live streams, counted in :attr:`dropped_paused`).
+    :meth:`stop` ends :meth:`frames` at once, also during a pause or a pacing wait.
+    """
+
+    def __init__(self, inner: Any, *, pace: bool, hold: bool, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner = inner
+        self._pace = pace
+        self._hold = hold
+        self._clock = clock
+        self._running = threading.Event()
+        self._running.set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.dropped_paused = 0
+
+    def open(self) -> None:
+        opener = getattr(self.inner, "open", None)
+        if opener is not None:
+            opener()
+
+    def __enter__(self) -> OperatorSource:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.inner.__exit__(exc_type, exc, tb)
+
+    @property
+    def fps(self) -> float:
+        return float(getattr(self.inner, "fps", 0.0) or 0.0)
+
+    @property
+    def errors(self) -> int:
+        return int(getattr(self.inner, "errors", 0) or 0)
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+        self._wake.set()
+
+    def resume(self) -> None:
+        self._running.set()
+        self._wake.set()
 
     def stop(self) -> None:
-        self._orch.stop()
+        self._stop.set()
+        self._running.set()
+        self._wake.set()
+
+    def _sleep_until(self, t: float) -> None:
+        while not self._stop.is_set() and self._running.is_set():
+            left = t - self._clock()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, 0.05))
+            self._wake.clear()
+
+    def frames(self) -> Iterator[Frame]:
+        frames = iter(self.inner.frames())
+        start: float | None = None
+        n = 0
+        while not self._stop.is_set():
+            if not self._running.is_set():
+                if self._hold:
+                    while not self._running.wait(0.05):
+                        pass
+                    start = None  # a new schedule from now: no burst to catch up the pause
+                    continue
+                if next(frames, None) is None:
+                    return
+                self.dropped_paused += 1
+                continue
+            fps = self.fps
+            if self._pace and fps > 0:
+                now = self._clock()
+                if start is None:
+                    start, n = now, 0
+                self._sleep_until(start + n / fps)
+                if self._stop.is_set():
+                    return
+                if not self._running.is_set():
+                    continue
+            frame = next(frames, None)
+            if frame is None:
+                return
+            n += 1
+            yield frame
+
+
+class _Run:
+    """One run of the session, on its own thread: build, run, stop, record. Every step is off the UI."""
+
+    def __init__(self, request: RunRequest, after: threading.Thread | None, on_end: Callable[[_Run], None]) -> None:
+        self.request = request
+        self.sink = LatestResultSink()
+        self.cfg: PipelineConfig | None = None
+        self.source: OperatorSource | None = None
+        self.orch: Orchestrator | None = None
+        self.run_id: int | None = None
+        self.branch_kinds: dict[str, str] = {}
+        self.end_status: str | None = None
+        self._after = after
+        self._on_end = on_end
+        self._lock = threading.Lock()
+        self._stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._state = RunState.STARTING
+        self._message = ""
+        self._error_kind = ""
+        self.thread = threading.Thread(target=self._body, name="pc-gui-run", daemon=True)
+
+    # -- the UI thread's side (every call returns at once) ------------------------------------
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            if self._state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED):
+                self._state = RunState.STOPPING
+        self._stop.set()
+        if self.source is not None:
+            self.source.stop()
+        if self.orch is not None:
+            self.orch.request_stop()  # cancels ONNX Runtime runs in progress
+
+    def pause(self, paused: bool) -> None:
+        src = self.source
+        if src is None:
+            raise RuntimeError("nothing to pause yet: the run is still starting")
+        with self._lock:
+            if self._state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
+                return
+            self._state = RunState.PAUSED if paused else RunState.RUNNING
+        if paused:
+            src.pause()
+        else:
+            src.resume()
 
     @property
     def status(self) -> PipelineStatus:
-        st = self._orch.status
-        state = {"FAILED": RunState.FAILED, "RUNNING": RunState.RUNNING, "IDLE": RunState.STARTING}.get(
-            st.state, RunState.STOPPED
-        )
-        return PipelineStatus(state, st.error or "")
+        with self._lock:
+            state, message, kind = self._state, self._message, self._error_kind
+        orch = self.orch
+        if state is RunState.RUNNING and orch is not None and orch.status.frames_published == 0:
+            state = RunState.STARTING  # until the first frame is on its way to the window
+        return PipelineStatus(state, message, kind, self.run_id)
+
+    # -- the run's thread ------------------------------------------------------------------
+
+    def _set(self, state: RunState, message: str = "", kind: str = "") -> None:
+        with self._lock:
+            if self._state is RunState.FAILED:
+                return
+            if state is RunState.RUNNING and self._state in (RunState.STOPPING, RunState.PAUSED):
+                return
+            self._state, self._message, self._error_kind = state, message, kind
+
+    def _body(self) -> None:
+        try:
+            if self._after is not None:
+                self._after.join()  # the previous run has released the database and models
+            if not self._stop.is_set():
+                self._run()
+        except AppError as e:
+            log.error("run failed: %s", e)
+            self._set(RunState.FAILED, str(e), type(e).__name__)
+        except Exception as e:  # a thread never dies silently: shown in the window
+            log.exception("run failed")
+            self._set(RunState.FAILED, f"{type(e).__name__}: {e}", StageError.__name__)
+        finally:
+            with self._lock:
+                if self._state is not RunState.FAILED:
+                    self._state = RunState.STOPPED if self._stop_reason else RunState.FINISHED
+            self.sink.close()
+            self._on_end(self)
+
+    def _run(self) -> None:
+        self.cfg = cfg = build_config(self.request)
+        stream = cfg.streams[0]
+        writer = SqliteWriter.from_config(cfg.storage).start()
+        branches: list[Branch] = []
+        try:
+            def on_event(kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
+                writer.event(kind, message, frame_index, data)
+                self.sink.event(kind, message, frame_index, data)
+
+            live = is_network_uri(stream.uri)
+            self.source = source = OperatorSource(
+                make_source(stream, cfg.backend.device, on_event=on_event), pace=not live, hold=not live
+            )
+            if self._stop.is_set():
+                source.stop()
+            source.open()  # a missing file or a bad URL fails here, before anything is recorded
+            branches = make_branches(cfg)
+            self.branch_kinds = {b: cfg.models[bc.model].kind for b, bc in cfg.branches.items() if bc.enabled}
+            if self._stop.is_set():
+                return
+            self.run_id = writer.start_run(cfg.model_dump(mode="json"), versions(), stream.uri, cfg.fusion.strategy.value)
+            summary = SummarySink(cfg.max_frames, None, warmup=cfg.telemetry.warmup_frames)
+            self.orch = orch = Orchestrator(
+                source, branches, make_counter(cfg), cfg.fusion, sinks=(writer, summary, self.sink),
+                max_frames=cfg.max_frames, on_full="drop", publish_images=True,
+            )  # fmt: skip
+            orch.start()
+            self._set(RunState.RUNNING)
+            if self._stop.is_set():
+                source.stop()
+                orch.request_stop()
+            while not orch.wait(0.1):
+                if self._stop.is_set():
+                    orch.request_stop()
+                    break
+            orch.stop(STOP_JOIN_S)
+            st = orch.status
+            if st.state == "FAILED":
+                status = "failed"
+                err = orch.error
+                self._set(RunState.FAILED, str(err or st.error), type(err).__name__ if err else "StageError")
+            elif self._stop_reason is not None:
+                status = self._stop_reason
+            elif source.errors:
+                status = "completed_with_errors"
+            else:
+                status = "completed"
+            s = summary.summary
+            self.end_status = status
+            writer.end_run(status, {
+                "frames_published": s.frames, "partial_frames": st.partial_frames, "drops": dict(st.drops),
+                "counted_frames": s.known, "unknown_frames": s.unknown, "unknown_reasons": dict(s.unknown_reasons),
+                "mean_people": s.mean_people, "max_people": s.people_max, "paused_dropped": source.dropped_paused,
+                "stopped_by": self._stop_reason,
+            })  # fmt: skip
+        finally:
+            for b in branches:
+                b.close()
+            writer.close()
+
+
+class GuiSession:
+    """The window's controller (``ui.window.Controller``): one run at a time, started, paused, stopped.
+
+    Every method returns at once; the work happens on the run's thread. ``start`` while a run is
+    active stops it first (the new run waits for the old one to release the database and models).
+    ``shutdown`` stops the session for good; :attr:`idle` tells when everything is flushed.
+    """
+
+    def __init__(self, db_path: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._run: _Run | None = None
+        self._last_request: RunRequest | None = None
+        self._db_override = db_path
+        self._closed = False
+        self._signal_status: str | None = None
+        self.started_at = datetime.now(UTC)
+        self.run_ids: list[int] = []
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def start(self, request: RunRequest) -> None:
+        if self._db_override and not request.db_path:
+            request = RunRequest(request.config_path, request.source, request.branches, request.strategy,
+                                 request.max_frames, self._db_override)  # fmt: skip
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the session is shut down")
+            old = self._run
+            if old is not None:
+                old.request_stop("interrupted")
+            run = _Run(request, old.thread if old is not None and old.thread.is_alive() else None, self._ended)
+            self._run = run
+            self._last_request = request
+        run.thread.start()
+
+    def _ended(self, run: _Run) -> None:
+        if run.run_id is not None:
+            with self._lock:
+                self.run_ids.append(run.run_id)
+
+    def restart(self) -> None:
+        if self._last_request is None:
+            raise RuntimeError("nothing to restart: open a source first")
+        self.start(self._last_request)
+
+    def pause(self) -> None:
+        run = self._active()
+        if run is not None:
+            run.pause(True)
+
+    def resume(self) -> None:
+        run = self._active()
+        if run is not None:
+            run.pause(False)
+
+    def stop(self) -> None:
+        run = self._run
+        if run is not None:
+            run.request_stop(self._signal_status or "interrupted")
+
+    def shutdown(self, status: str = "interrupted") -> None:
+        """Stop for good: the run ends with ``status`` (``interrupted``, ``terminated``), then is flushed."""
+        with self._lock:
+            self._closed = True
+            self._signal_status = status
+        run = self._run
+        if run is not None:
+            run.request_stop(status)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        run = self._run
+        if run is None:
+            return True
+        run.thread.join(timeout)
+        return not run.thread.is_alive()
+
+    def switch_strategy(self, name: str) -> None:
+        run = self._active()
+        if run is None or run.orch is None:
+            raise RuntimeError("no run yet: the strategy applies to the next start")
+        run.orch.switch_strategy(name)
+
+    def _active(self) -> _Run | None:
+        run = self._run
+        return run if run is not None and run.thread.is_alive() else None
+
+    # -- what the window reads ---------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No run thread alive: nothing to wait for (everything stored is flushed)."""
+        run = self._run
+        return run is None or not run.thread.is_alive()
+
+    @property
+    def status(self) -> PipelineStatus:
+        run = self._run
+        return PipelineStatus(RunState.IDLE) if run is None else run.status
+
+    @property
+    def sink(self) -> LatestResultSink | None:
+        run = self._run
+        return None if run is None else run.sink
+
+    @property
+    def request(self) -> RunRequest | None:
+        return self._last_request
+
+    @property
+    def config(self) -> PipelineConfig | None:
+        run = self._run
+        return None if run is None else run.cfg
+
+    @property
+    def branch_kinds(self) -> dict[str, str]:
+        """Branches of the current run and their model kind (``yolo``, ``density``)."""
+        run = self._run
+        return {} if run is None else dict(run.branch_kinds)
+
+    @property
+    def source_fps(self) -> float:
+        run = self._run
+        return 0.0 if run is None or run.source is None else run.source.fps
+
+    @property
+    def db_path(self) -> str | None:
+        if self._db_override:
+            return self._db_override
+        cfg = self.config
+        return cfg.storage.db_path if cfg is not None else None
+
+    @property
+    def end_status(self) -> str | None:
+        run = self._run
+        return None if run is None else run.end_status
 
 
 def run_gui(args: argparse.Namespace) -> int:
+    """``gui`` / ``run`` with a display: the window, whatever the config or source (errors show in it).
+
+    Exit code: 0 when the window is closed; 130 / 143 after SIGINT / SIGTERM (the run then ends
+    ``interrupted`` / ``terminated``). ``--export FILE`` writes the count history of this session's
+    runs at the end.
+    """
     import ui.app
 
-    cfg = load_config_with_overrides(args)
-    sink = LatestResultSink()
-
-    def drive(orch: Orchestrator, run_id: int, writer: SqliteWriter) -> None:
-        title = f"people-counter — {cfg.streams[0].uri}"
-        controller = GuiController(orch, writer, cfg.storage.db_path, run_id)
-        ui.app.run_window(controller, sink, title, strategy=cfg.fusion.strategy.value)
-
-    code, _, run_id = run_pipeline(cfg, extra_sinks=(sink,), publish_images=True, drive=drive, progress=sys.stderr)
-    print(f"stored: {cfg.storage.db_path} (run {run_id})")
+    request = RunRequest(
+        config_path=args.config,
+        source=getattr(args, "source", None),
+        strategy=getattr(args, "fusion", None),
+        max_frames=getattr(args, "max_frames", None),
+    )
+    session = GuiSession(db_path=getattr(args, "db", None))
+    code = ui.app.run_window(session, request)
+    session.wait_idle(10.0)
+    db = session.db_path
+    if session.run_ids and db:
+        print(f"stored: {db} (run {', '.join(map(str, session.run_ids))})")
+    export = getattr(args, "export", None)
+    if export and db and session.run_ids:
+        try:
+            n = export_counts(db, export, since=session.started_at.isoformat())
+        except AppError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return code or e.exit_code
+        print(f"exported {n} rows to {export}")
     return code

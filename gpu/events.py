@@ -37,3 +37,14 @@ def follow_caller(stream: Any) -> None:
     caller = cupy.cuda.get_current_stream()
     if caller.ptr != stream.ptr:
         stream.wait_event(caller.record())
+
+
+def to_host(arr: Any) -> Any:
+    """``arr`` (CuPy) copied to a NumPy array on the calling thread's current stream, waiting for
+    that stream only (the branch's: never the device or the legacy default stream)."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    out = arr.get(stream=stream)
+    stream.synchronize()
+    return out

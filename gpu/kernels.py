@@ -8,8 +8,10 @@ the kernel does exactly what :func:`pipeline.preprocess.preprocess_numpy` does:
 1. source coordinate ``src = (u - pad + 0.5) / scale - 0.5 + origin`` in float64 (as the
    reference), content test, clamp to the frame, ``lo = floor``, ``hi = min(lo + 1, limit - 1)``,
    weight ``(src - lo)`` cast to float32;
-2. each of the (up to) four taps converted to float RGB 0..255 (NV12: BT.709 limited range,
-   nearest chroma, clipped), then bilinear in float32 in the reference's order;
+2. each of the (up to) four taps converted to float RGB 0..255 (NV12: the frame's
+   :class:`~pipeline.preprocess.ColourSpec`, matrix and range compiled in as constants; one
+   kernel per colour spec, cached; nearest chroma, clipped), then bilinear in float32 in the
+   reference's order;
 3. ``rgb * (1 / (255 * std)) - mean / std`` (or the pad value), stored as float32 or float16.
 
 A tensor whose scale is 1 and whose origin is integral (tiles, grid) reads one tap per pixel
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pipeline.geometry import PreprocessPlan
-from pipeline.preprocess import YUV_MATRIX_BT709, InputSpec
+from pipeline.preprocess import ColourSpec, InputSpec
 
 if TYPE_CHECKING:
     import cupy
@@ -109,7 +111,7 @@ __device__ __forceinline__ float clip255(float v) { return fminf(fmaxf(v, 0.0f),
 __device__ __forceinline__ void tap_rgb(const unsigned char* __restrict__ img, int width, int height,
                                         int x, int y, float& r, float& g, float& b) {
 #if LAYOUT_NV12
-    const float yy = (float)__ldg(img + (size_t)y * width + x) - 16.0f;
+    const float yy = (float)__ldg(img + (size_t)y * width + x) - Y_OFF;
     const unsigned char* uvp = img + (size_t)height * width + (size_t)(y >> 1) * width + (x & ~1);
     const float uu = (float)__ldg(uvp) - 128.0f;
     const float vv = (float)__ldg(uvp + 1) - 128.0f;
@@ -146,7 +148,7 @@ preprocess_jobs(const unsigned char* __restrict__ img, int width, int height, co
         const unsigned char* cb = reinterpret_cast<const unsigned char*>(&uvs);
 #pragma unroll
         for (int k = 0; k < PIX; ++k) {
-            const float yy = (float)yb[k] - 16.0f;
+            const float yy = (float)yb[k] - Y_OFF;
             const float uu = (float)cb[k & ~1] - 128.0f;
             const float vv = (float)cb[(k & ~1) + 1] - 128.0f;
             vals[0][k] = clip255(M00 * yy + M02 * vv) * job.mul[0] + job.add[0];
@@ -306,11 +308,12 @@ def build_jobs(specs_plans: Sequence[tuple[InputSpec, PreprocessPlan]]) -> JobTa
 
 
 @cache
-def _kernel(layout: Literal["nv12", "rgb"]) -> Any:
+def _kernel(layout: Literal["nv12", "rgb"], colour: ColourSpec) -> Any:
     import cupy
 
-    m = YUV_MATRIX_BT709
+    m = colour.coefficients()
     defines = {
+        "Y_OFF": f"{colour.y_offset!r}f",
         "LAYOUT_NV12": 1 if layout == "nv12" else 0,
         "BLOCK_X": BLOCK_X,
         "BLOCK_Y": BLOCK_Y,
@@ -334,9 +337,11 @@ def launch(
     grid: tuple[int, int, int],
     out: cupy.ndarray,
     stream: cupy.cuda.Stream | None = None,
+    colour: ColourSpec | None = None,
 ) -> None:
     """Enqueue one launch filling every job of ``jobs_device`` (the records' bytes on the device)
-    into ``out`` (a device buffer of at least the table's ``total_bytes``)."""
+    into ``out`` (a device buffer of at least the table's ``total_bytes``). ``colour``: an NV12
+    frame's matrix and range (None: :meth:`ColourSpec.default_for` the size); unused for RGB."""
     import cupy
 
     if image.dtype != cupy.uint8 or not image.flags.c_contiguous:
@@ -346,7 +351,10 @@ def launch(
     if image.data.ptr % 16:
         with stream or cupy.cuda.get_current_stream():
             image = image.copy()  # the crop fast path reads 8-byte words
-    kernel = _kernel(layout)
+    if layout == "nv12":
+        kernel = _kernel(layout, colour or ColourSpec.default_for(width, height))
+    else:
+        kernel = _kernel(layout, ColourSpec())  # no conversion: one RGB kernel
     kernel(grid, (BLOCK_X, BLOCK_Y, 1), (image, np.int32(width), np.int32(height), jobs_device, out), stream=stream)
 
 

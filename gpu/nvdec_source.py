@@ -11,9 +11,23 @@
   interface) and copied once, on the GPU, into the next ring slot, because the decoder reuses its
   surfaces. Slots are allocated once and recycled.
 
-Frame memory: valid until ``ring_depth`` further frames have been requested (``FrameSource``
-contract). Work on the frame must be on ``stream`` (pass the pipeline's stream) or after a
-synchronisation; without a given stream the source synchronises its own stream before it yields.
+Frame memory: leased (:mod:`gpu.ring`). ``Frame.lease`` is the slot's :class:`gpu.ring.SlotLease`:
+the orchestrator holds it for the branches that took the frame and each branch releases it after
+its last read (an event on its stream); the slot is not written again while a hold remains. When
+every slot is held (branches behind decode by more than ``ring_depth`` frames) the decoded frame
+is dropped, not written over a held one: counted in :attr:`NvdecSource.dropped_frames` and
+reported as a ``drop`` event (the 1st and every 100th) through ``on_event(kind, message,
+frame_index=None, data=None)`` (the PyAV source's signature), data ``{"reason": "ring_full",
+"count": int, "ring_depth": int}``. A dropped frame keeps its index (indices and pts follow the
+stream), so the frames delivered have a gap there. A frame nobody holds is valid until the ring
+comes round to its slot again (``ring_depth`` frames later at the earliest).
+
+Streams: the slot copy runs on the source's stream; without a given ``stream`` the source waits
+for it (host, its own stream only) before it yields, so readers on any stream see the pixels.
+
+Colour: ``Frame.colour`` is the stream's matrix and range (:class:`pipeline.preprocess.ColourSpec`),
+read once at open by a PyAV probe of the container's codec parameters (files; a network stream
+gets the rule for unspecified streams: BT.709 for HD, BT.601 for SD, limited range).
 
 Errors: no CuPy / no device / no PyNvVideoCodec -> ``GpuUnavailableError`` (says how to switch to
 the CPU decoder); missing, unreadable or corrupt input -> ``SourceError``.
@@ -30,13 +44,34 @@ from typing import Any
 
 from config.errors import SourceError
 from gpu.imports import require, require_cuda_device
-from gpu.ring import FrameRing
-from pipeline.sources import is_network_uri
+from gpu.ring import FrameRing, SlotLease
+from pipeline.preprocess import ColourSpec, colour_from_av
+from pipeline.sources import EventCallback, ignore_event, is_network_uri
 from pipeline.types import Frame, FrameMeta
 
 log = logging.getLogger("people_counter.decode")
 
 _SWITCH = "set streams[].decoder: pyav to decode on the CPU"
+
+_DROP_EVENT_EVERY = 100
+
+
+def probe_colour(uri: str, width: int, height: int) -> ColourSpec:
+    """The colour matrix and range a file's video stream declares (PyAV reads the container's
+    codec parameters; no GPU needed); the rule for unspecified streams where it says nothing or
+    cannot be read."""
+    try:
+        import av
+
+        with av.open(uri) as container:
+            cc = container.streams.video[0].codec_context
+            color_range = cc.color_range
+            if not color_range and cc.pix_fmt and cc.pix_fmt.startswith("yuvj"):
+                color_range = 2  # the J formats are full range
+            return colour_from_av(cc.colorspace, color_range, width, height)
+    except Exception as exc:  # no PyAV, or a container it cannot read: the rule
+        log.warning("nvdec: cannot read the colour metadata of %s (%s); using the rule for unspecified streams", uri, exc)
+        return ColourSpec.default_for(width, height)
 
 
 def import_nvc() -> Any:
@@ -62,8 +97,10 @@ class NvdecSource:
         low_latency: bool | None = None,
         stream: Any = None,
         max_frames: int | None = None,
+        on_event: EventCallback = ignore_event,
     ) -> None:
         self.uri = uri
+        self.on_event = on_event
         self.stream_id = stream_id
         self.loop = loop
         self.gpu_id = gpu_id
@@ -82,6 +119,10 @@ class NvdecSource:
         self.fps = 0.0
         self.surface_path = ""
         """How decoded surfaces are read: "dlpack" or "planes" (set at the first frame)."""
+        self.colour: ColourSpec | None = None
+        """The stream's YUV matrix and range (set at open; every frame carries it)."""
+        self.dropped_frames = 0
+        """Decoded frames dropped because every ring slot was still held by a reader."""
 
     def __enter__(self) -> NvdecSource:
         self.open()
@@ -99,9 +140,13 @@ class NvdecSource:
             self.stream = self._given_stream or cp.cuda.Stream(non_blocking=True)
         self._open_demuxer()
         self.ring = FrameRing((self.height * 3 // 2, self.width), self.ring_depth, device_id=self.gpu_id)
+        self.colour = (
+            ColourSpec.default_for(self.width, self.height) if self.network else probe_colour(self.uri, self.width, self.height)
+        )
         log.info(
-            "nvdec: %s %dx%d %.2f fps, %s latency, ring of %d slots",
+            "nvdec: %s %dx%d %.2f fps, %s latency, ring of %d slots, colour %s %s",
             self.uri, self.width, self.height, self.fps, "low" if self.low_latency else "native", self.ring_depth,
+            self.colour.matrix, self.colour.range,
         )  # fmt: skip
 
     def _open_demuxer(self, with_decoder: bool = True) -> None:
@@ -161,10 +206,14 @@ class NvdecSource:
             self.surface_path = path
             log.info("nvdec: surfaces via %s, %s strides %s", path, arr.shape, arr.strides)
 
-    def _to_slot(self, decoded: Any) -> tuple[int, Any]:
+    def _to_slot(self, decoded: Any) -> tuple[Any, SlotLease] | None:
+        """The decoded surface copied into a free slot, with its lease; None when every slot is held."""
         cp = _import_cupy()
         assert self.ring is not None
-        index, slot = self.ring.acquire(self.stream)
+        got = self.ring.acquire(self.stream)
+        if got is None:
+            return None
+        _, slot, lease = got
         with self.stream:
             surf = self._surface(decoded)
             if isinstance(surf, tuple):
@@ -172,7 +221,20 @@ class NvdecSource:
                 slot[self.height :] = surf[1]
             else:
                 cp.copyto(slot, surf)
-        return index, slot
+        return slot, lease
+
+    def _drop(self, index: int) -> None:
+        self.dropped_frames += 1
+        n = self.dropped_frames
+        if n == 1 or n % _DROP_EVENT_EVERY == 0:
+            message = (
+                f"{self.uri}: frame {index} dropped at decode: all {self.ring_depth} GPU frame slots are still "
+                f"held by branches ({n} so far)"
+            )
+            log.warning(message)
+            self.on_event("drop", message, frame_index=index, data={"reason": "ring_full", "count": n, "ring_depth": self.ring_depth})
+        else:
+            log.debug("frame %d dropped at decode: ring full (%d so far)", index, n)
 
     def _packets(self) -> Iterator[Any]:
         nvc = self._nvc
@@ -204,11 +266,15 @@ class NvdecSource:
         while True:
             produced = 0
             for decoded in self._decode_all():
-                _, slot = self._to_slot(decoded)
-                if self._given_stream is None:
-                    self.stream.synchronize()
-                meta = FrameMeta(self.stream_id, index, index * tb, time.perf_counter(), self.width, self.height)
-                yield Frame(meta, slot, layout="nv12", device="gpu")
+                got = self._to_slot(decoded)
+                if got is None:
+                    self._drop(index)
+                else:
+                    slot, lease = got
+                    if self._given_stream is None:
+                        self.stream.synchronize()
+                    meta = FrameMeta(self.stream_id, index, index * tb, time.perf_counter(), self.width, self.height)
+                    yield Frame(meta, slot, layout="nv12", device="gpu", colour=self.colour, lease=lease)
                 index += 1
                 produced += 1
                 if self.max_frames is not None and index >= self.max_frames:

@@ -4,6 +4,9 @@ What leaves the GPU is small: the candidates that pass the score filter (instead
 [B, C, A] or [B, N, C] prediction) and the boolean masks of the kept detections (instead of the
 [B, 32, h, w] protos: 108 MB for 33 tiles).
 
+Everything runs on the calling thread's current CuPy stream (the branch's, under
+:func:`models.branch.run_branch`); each host copy waits for that stream only (:func:`gpu.events.to_host`).
+
 - :func:`compact_v8` / :func:`compact_e2e` keep, per image, the anchors/rows that pass the
   person-score threshold, in their original order, padded to the largest count with rows that
   fail it; one device-to-host copy. Decoding the compact array with the NumPy decoders of
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gpu.events import to_host
+
 _FAIL = -1.0
 """Score of padding rows: below any threshold in [0, 1]."""
 
@@ -40,7 +45,7 @@ def compact_v8(pred: Any, person_rows: Sequence[int] | NDArray[np.integer[Any]],
     best = pred[:, rows, :].max(axis=1)  # (B, A)
     ok = best >= score_threshold
     counts = ok.sum(axis=1)
-    k = max(int(counts.max()), 1) if b else 1  # the one small sync: how wide the compact array is
+    k = max(int(to_host(counts.max())), 1) if b else 1  # the one small sync: how wide the compact array is
     # position of each kept anchor within its image, in anchor order
     pos = cupy.cumsum(ok, axis=1) - 1
     bi, ai = cupy.nonzero(ok)
@@ -48,7 +53,7 @@ def compact_v8(pred: Any, person_rows: Sequence[int] | NDArray[np.integer[Any]],
     out = cupy.zeros((b, k, c), pred.dtype)
     out[:, :, 4:] = _FAIL
     out[bi, pos[bi, ai]] = pred.transpose(0, 2, 1)[bi, ai]
-    return cupy.asnumpy(out.transpose(0, 2, 1)).astype(np.float32, copy=False)
+    return to_host(cupy.ascontiguousarray(out.transpose(0, 2, 1))).astype(np.float32, copy=False)
 
 
 def compact_e2e(pred: Any, score_threshold: float) -> NDArray[np.float32]:
@@ -57,13 +62,13 @@ def compact_e2e(pred: Any, score_threshold: float) -> NDArray[np.float32]:
 
     b, _, c = pred.shape
     ok = pred[:, :, 4] >= score_threshold
-    k = max(int(ok.sum(axis=1).max()), 1) if b else 1
+    k = max(int(to_host(ok.sum(axis=1).max())), 1) if b else 1
     pos = cupy.cumsum(ok, axis=1) - 1
     bi, ni = cupy.nonzero(ok)
     out = cupy.zeros((b, k, c), pred.dtype)
     out[:, :, 4] = _FAIL
     out[bi, pos[bi, ni]] = pred[bi, ni]
-    return cupy.asnumpy(out).astype(np.float32, copy=False)
+    return to_host(out).astype(np.float32, copy=False)
 
 
 _MASK_KERNEL = r"""
@@ -151,5 +156,5 @@ def assemble_masks(protos: Any, image: NDArray[np.int64], coef: NDArray[np.float
          dev["yq0"], dev["yq1"], dev["yw"], dev["yin"], dev["xq0"], dev["xq1"], dev["xw"], dev["xin"],
          dev["out_start"], out),
     )  # fmt: skip
-    flat = cupy.asnumpy(out).astype(bool)
+    flat = to_host(out).astype(bool)
     return tuple(flat[out_start[i] : out_start[i + 1]].reshape(int(mh[i]), int(mw[i])) for i in range(m))

@@ -82,7 +82,10 @@ class GpuMultiPreprocessor:
         if not image.flags.c_contiguous:
             with stream:
                 image = cp.ascontiguousarray(image)
-        kernels.launch(image, frame.layout, frame.meta.width, frame.meta.height, prep.jobs_device, table.grid, buf, stream)
+        kernels.launch(
+            image, frame.layout, frame.meta.width, frame.meta.height, prep.jobs_device, table.grid, buf, stream,
+            colour=frame.colour,
+        )  # fmt: skip
         out: dict[str, PreprocessOutput] = {}
         for spec, plan, slot in zip(self.specs, prep.plans, table.slots, strict=True):
             n = 1

@@ -2,6 +2,25 @@
 
 Implements ``pipeline.protocols.Branch``. The preprocessor matches the frame's device (NumPy
 reference on the host, fused CuPy kernels on the GPU); results leave as host data.
+
+Threads, streams and events (GPU path). The decode thread (``pc-worker``) owns the NVDEC
+source's stream: the decoded surface is copied into a ring slot on it, and the source waits for
+that stream (host, its own stream only) before it yields the frame. Each branch thread
+(``pc-branch-<name>``) owns one stream, its backend's (``backend.stream``: the ORT CUDA binding's
+``user_compute_stream`` or the TensorRT context's), and :func:`run_branch` runs the branch's whole
+body under it (``with stream:`` sets CuPy's current stream for the calling thread), so
+preprocessing, casts, batching, the model, and GPU post-processing are all enqueued on that one
+stream in order, with no event between them and no other stream involved; branches overlap on
+the GPU because their streams are independent. Events order work across streams at two points:
+each branch records one on its stream after its last read of the frame (preprocessing) and
+hands it to the frame's ring slot (``lease.release(stream)``), and the decoder's stream waits on
+those events (GPU-side) before it writes that slot again; a slot a branch still holds (it has
+not even started) is never written: the decoder drops that frame instead. The host waits in
+three places only, each on one stream or event: the decode thread on its own stream (above), a
+branch on the event recorded after its model (``PendingOutputs.wait``: ``stream_sync_ms``), and
+a branch on its own stream before each small device-to-host copy of post-processing
+(:func:`gpu.events.to_host`). Nothing on this path synchronises the device or the legacy
+default stream.
 """
 
 from __future__ import annotations
@@ -9,8 +28,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,16 +67,42 @@ class Decoded:
 P = TypeVar("P")
 
 
+def release_frame(frame: Frame, stream: Any) -> None:
+    """A branch is done reading ``frame``: give back its hold on the frame's GPU ring slot, with
+    an event on ``stream`` (the branch's; None: CuPy's current stream of this thread). Nothing to
+    do for a host frame, or a frame nobody handed over with a hold (a warm-up run, a test): its
+    reader reads it before the source decodes the next."""
+    lease = frame.lease
+    if lease is None or not lease.managed:
+        return
+    if stream is None and frame.device == "gpu":
+        import cupy
+
+        stream = cupy.cuda.get_current_stream()
+    lease.release(stream)
+
+
+def _on_stream(stream: Any) -> AbstractContextManager[Any]:
+    """``with`` this: the calling thread's CuPy current stream is ``stream`` (None: unchanged)."""
+    return nullcontext() if stream is None else cast(AbstractContextManager[Any], stream)
+
+
 def run_branch(
     name: str,
     frame: Frame,
     prepare: Callable[[Frame], P],
     infer: Callable[[P], tuple[dict[str, Any], dict[str, float]]],
     decode: Callable[[P, dict[str, Any]], Decoded],
+    *,
+    stream: Any = None,
 ) -> BranchResult:
     """The one skeleton of every branch: ``prepare`` (timed as ``preprocess_ms``), ``infer``
     (returns outputs and its own timings, see :meth:`models.runner.ModelRunner.run`), ``decode``
-    (timed as ``postprocess_ms``).
+    (timed as ``postprocess_ms``), all under ``stream`` (the branch's CUDA stream, None on the
+    CPU; see the module docstring).
+
+    ``prepare`` is the only step that reads the frame's pixels: right after it (also when it
+    fails) the frame's ring slot is released (:func:`release_frame`), with an event on ``stream``.
 
     An error of one frame becomes ``BranchResult.error`` (:func:`failed_result`, with the timings
     so far); a ``ModelLoadError`` (outputs the adapter cannot decode) is raised: it will not get
@@ -64,14 +110,18 @@ def run_branch(
     """
     timings: dict[str, float] = {}
     try:
-        t0 = time.perf_counter()
-        prepared = prepare(frame)
-        timings["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
-        outputs, infer_t = infer(prepared)
-        timings.update(infer_t)
-        t2 = time.perf_counter()
-        decoded = decode(prepared, outputs)
-        timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
+        with _on_stream(stream):
+            t0 = time.perf_counter()
+            try:
+                prepared = prepare(frame)
+            finally:
+                release_frame(frame, stream)
+            timings["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
+            outputs, infer_t = infer(prepared)
+            timings.update(infer_t)
+            t2 = time.perf_counter()
+            decoded = decode(prepared, outputs)
+            timings["postprocess_ms"] = (time.perf_counter() - t2) * 1e3
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -108,7 +158,7 @@ class ModelBranch:
     every_n_frames: int = 1
 
     def run(self, frame: Frame) -> BranchResult:
-        return run_branch(self.name, frame, self.preprocessor.run, self._infer, self._decode)
+        return run_branch(self.name, frame, self.preprocessor.run, self._infer, self._decode, stream=self.runner.stream)
 
     def _infer(self, pre: PreprocessOutput) -> tuple[dict[str, Any], dict[str, float]]:
         return self.runner.run(pre.tensor)
@@ -162,7 +212,7 @@ class RollingDensityBranch:
         self._tiles: dict[int, Any] = {}
 
     def run(self, frame: Frame) -> BranchResult:
-        return run_branch(self.name, frame, self._prepare, self._infer, self._decode)
+        return run_branch(self.name, frame, self._prepare, self._infer, self._decode, stream=self.runner.stream)
 
     def _prepare(self, frame: Frame) -> tuple[PreprocessOutput, PreprocessPlan]:
         size = (frame.meta.width, frame.meta.height)
@@ -226,7 +276,7 @@ class OneCallYoloBranch:
     every_n_frames: int = 1
 
     def run(self, frame: Frame) -> BranchResult:
-        return run_branch(self.name, frame, self._prepare, self._infer, self._decode)
+        return run_branch(self.name, frame, self._prepare, self._infer, self._decode, stream=self.runner.stream)
 
     def _prepare(self, frame: Frame) -> tuple[list[PreprocessOutput], Any]:
         """The specs' outputs and their tensors as one batch."""

@@ -7,8 +7,9 @@ shapes from the model (dynamic dimensions resolved once per input shape and cach
 Streams: the CUDA EP runs its kernels on ``user_compute_stream`` when one is given (provider option
 since ONNX Runtime 1.17; a stream handle of 0 is ignored by ORT, so this is always a CuPy
 non-default stream). The binding owns one such stream (one per branch/backend: branches run
-concurrently) unless the caller passes one to share. Inputs made on another stream are ordered
-before the model by an event (GPU-side wait, no host block). With ``synchronize=False`` the run
+concurrently) unless the caller passes one to share; it is :attr:`CudaBinding.stream`, and the
+branch runs all its GPU work on it (:func:`models.branch.run_branch`). Inputs made on another
+stream are ordered before the model by an event (GPU-side wait, no host block). With ``synchronize=False`` the run
 skips ORT's end-of-run stream synchronisation (run option
 ``disable_synchronize_execution_providers``), so ``run`` returns once the work is enqueued and
 :meth:`gpu.events.EventPending.wait` waits on an event; with ``True`` ORT blocks as usual.

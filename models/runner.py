@@ -41,8 +41,20 @@ def check_image_input(model_name: str, info: TensorInfo, width: int, height: int
         )
 
 
+def backend_stream(backend: Any) -> Any:
+    """The CUDA stream a GPU backend enqueues its model on (``backend.stream``), None for a CPU
+    backend: the branch runs the rest of its GPU work on it too (:func:`models.branch.run_branch`)."""
+    stream = getattr(backend, "stream", None)
+    if stream is None:
+        # OnnxRuntimeBackend keeps its CUDA binding (models.ort_cuda.CudaBinding, which owns the
+        # stream) private and has no `stream` property yet; read the binding's until it has one.
+        stream = getattr(getattr(backend, "_gpu", None), "stream", None)
+    return stream
+
+
 class ModelRunner:
-    """``run(tensor) -> (outputs, timings)`` for one single-input model."""
+    """``run(tensor) -> (outputs, timings)`` for one single-input model. ``stream``: the backend's
+    CUDA stream (None on the CPU)."""
 
     def __init__(self, backend: InferenceBackend, model_name: str, max_batch: int | None = None) -> None:
         if len(backend.inputs) != 1:
@@ -55,6 +67,10 @@ class ModelRunner:
         self.input = backend.inputs[0]
         self.static_batch = self.input.shape[0]
         self.max_batch = self.static_batch or max_batch
+
+    @property
+    def stream(self) -> Any:
+        return backend_stream(self.backend)
 
     def run(self, tensor: Any) -> tuple[dict[str, Any], dict[str, float]]:
         """``tensor``: (N, 3, H, W). Returns outputs with leading dim N, and timings in ms:

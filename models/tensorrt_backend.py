@@ -4,7 +4,9 @@
   process (:mod:`models.trt_runtime`); each engine file is deserialised once per process and shared.
 - One ``IExecutionContext`` per backend instance: the app creates one backend per branch, so
   concurrent branches never share a context. Each instance enqueues on its own CUDA stream (or a
-  given one) and orders itself after the caller's stream with an event (no host wait).
+  given one), exposed as ``stream``: the branch runs all its GPU work on it
+  (:func:`models.branch.run_branch`), so the caller's stream is this one and no event is needed;
+  a caller on another stream is ordered before the model with an event (no host wait).
 - ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3(stream)``.
 - CUDA graphs (``cuda_graphs=True``): for an input shape seen before, the enqueue is captured
   once into a graph on static input/output buffers and replayed; inputs are copied into the

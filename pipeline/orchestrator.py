@@ -195,6 +195,20 @@ class _Ports(Protocol):
     def queue_depths(self) -> dict[str, int]: ...
 
 
+def _let_go(frame: Frame, n: int) -> None:
+    """Give back ``n`` holds of a GPU frame's ring slot that were taken for branches the frame
+    could not be handed to (they read nothing: no event)."""
+    if frame.lease is not None:
+        for _ in range(n):
+            frame.lease.release()
+
+
+# Slot leases (issue 8): a GPU frame's ring slot (``Frame.lease``) is held for each branch
+# the frame is handed to, BEFORE the hand-over (the branch may release at once); what is not
+# handed over is let go here, and each branch releases once after its last read
+# (``models.branch.run_branch``). A CPU frame has no lease.
+
+
 class DropWhenFull:
     """Live sources: a due branch whose queue is full does not get the frame (a counted drop);
     fusion gets the frame with the branches that took it and those that dropped it."""
@@ -202,7 +216,15 @@ class DropWhenFull:
     threaded = True
 
     def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
-        accepted = tuple(b.name for b in due if ports.try_enqueue(b.name, frame))
+        taken = []
+        for b in due:
+            if frame.lease is not None:
+                frame.lease.hold(1)
+            if ports.try_enqueue(b.name, frame):
+                taken.append(b.name)
+            else:
+                _let_go(frame, 1)
+        accepted = tuple(taken)
         dropped = tuple(b.name for b in due if b.name not in accepted)
         timings = replace(item.timings, queue_depths=ports.queue_depths())
         return ports.put_inbox(replace(item, scheduled=accepted, dropped=dropped, timings=timings))
@@ -215,10 +237,17 @@ class WaitForRoom:
     threaded = True
 
     def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
+        if frame.lease is not None:
+            frame.lease.hold(len(due))
         timings = replace(item.timings, queue_depths=ports.queue_depths())
         if not ports.put_inbox(replace(item, scheduled=tuple(b.name for b in due), timings=timings)):
+            _let_go(frame, len(due))
             return False
-        return all(ports.wait_enqueue(b.name, frame) for b in due)
+        for i, b in enumerate(due):
+            if not ports.wait_enqueue(b.name, frame):  # stopping
+                _let_go(frame, len(due) - i)
+                return False
+        return True
 
 
 class Sequential:
@@ -228,11 +257,15 @@ class Sequential:
     threaded = False
 
     def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
+        if frame.lease is not None:
+            frame.lease.hold(len(due))
         if not ports.put_inbox(replace(item, scheduled=tuple(b.name for b in due))):
+            _let_go(frame, len(due))
             return False
-        for b in due:
-            result = ports.run_inline(b, frame)
+        for i, b in enumerate(due):
+            result = ports.run_inline(b, frame)  # the branch releases its hold
             if result is None or not ports.put_inbox(result):
+                _let_go(frame, len(due) - i - 1)
                 return False
         return True
 

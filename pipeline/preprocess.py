@@ -3,9 +3,17 @@
 This is the contract the fused CuPy kernels in ``gpu/`` must reproduce (parity tests compare
 them). For each tensor pixel (see :mod:`pipeline.geometry`) the frame is sampled bilinearly with
 half-pixel centres and edge clamping, in float32 RGB 0..255; an NV12 frame is first converted to
-float RGB with nearest chroma (each 2x2 block shares its UV sample), BT.709 limited range, without
-rounding. Then ``(rgb / 255 - mean) / std`` and a cast to the spec's dtype. Pad pixels are
+float RGB with nearest chroma (each 2x2 block shares its UV sample), with the frame's
+:class:`ColourSpec` (matrix and range from the stream's metadata), without rounding. Then
+``(rgb / 255 - mean) / std`` and a cast to the spec's dtype. Pad pixels are
 ``(pad_value / 255 - mean) / std``.
+
+Colour rule (both paths, CPU and GPU, use it, so they feed the models the same pixels): the matrix
+(BT.601 or BT.709) and the range (limited or full) come from the stream (``colorspace`` /
+``color_range`` of the codec context, read by :func:`colour_from_av`); a stream that does not say
+gets BT.709 when it is HD (``width >= 1280`` or ``height > 576``) and BT.601 otherwise, and
+limited range: what players (mpv, VLC, browsers) do. FFmpeg's swscale alone takes BT.601 for
+every unspecified stream, so PyAV's plain ``to_ndarray(format="rgb24")`` is not used.
 """
 
 from __future__ import annotations
@@ -22,12 +30,67 @@ from pipeline.types import Frame, PreprocessOutput
 if TYPE_CHECKING:
     from config.schema import InputSpecConfig
 
-# BT.709 limited range YUV -> RGB (0..255): R = 1.1644(Y-16) + 1.7927(V-128), ...
-YUV_MATRIX_BT709: tuple[tuple[float, float, float], ...] = (
-    (1.164383562, 0.0, 1.792741071),
-    (1.164383562, -0.213248614, -0.532909329),
-    (1.164383562, 2.112401786, 0.0),
-)
+_LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+"""(Kr, Kb) of each matrix (ITU-R BT.601 and BT.709)."""
+
+# AVColorSpace / AVColorRange codes (FFmpeg's pixfmt.h), as PyAV reports them.
+_AV_MATRIX = {1: "bt709", 5: "bt601", 6: "bt601"}  # BT709, BT470BG, SMPTE170M
+_AV_RANGE = {1: "limited", 2: "full"}  # MPEG, JPEG
+
+
+@dataclass(frozen=True, slots=True)
+class ColourSpec:
+    """How a YUV frame's values map to RGB: the matrix and the range.
+
+    ``matrix``: ``"bt601"`` or ``"bt709"``; ``range``: ``"limited"`` (Y 16..235, UV 16..240) or
+    ``"full"`` (0..255). :meth:`coefficients` gives the 3x3 matrix on ``(Y - y_offset, U - 128,
+    V - 128)`` to RGB 0..255 that both the NumPy reference and the GPU kernel use.
+    """
+
+    matrix: Literal["bt601", "bt709"] = "bt709"
+    range: Literal["limited", "full"] = "limited"
+
+    def __post_init__(self) -> None:
+        if self.matrix not in _LUMA_WEIGHTS:
+            raise ValueError(f"ColourSpec.matrix: expected 'bt601' or 'bt709', got {self.matrix!r}")
+        if self.range not in ("limited", "full"):
+            raise ValueError(f"ColourSpec.range: expected 'limited' or 'full', got {self.range!r}")
+
+    @classmethod
+    def default_for(cls, width: int, height: int) -> ColourSpec:
+        """The rule for a stream that does not say: BT.709 for HD and larger (``width >= 1280`` or
+        ``height > 576``), BT.601 for SD; limited range."""
+        return cls("bt709" if width >= 1280 or height > 576 else "bt601", "limited")
+
+    @property
+    def y_offset(self) -> float:
+        return 16.0 if self.range == "limited" else 0.0
+
+    def coefficients(self) -> tuple[tuple[float, float, float], ...]:
+        """Rows R, G, B of the matrix on ``(Y - y_offset, U - 128, V - 128)`` -> RGB 0..255."""
+        kr, kb = _LUMA_WEIGHTS[self.matrix]
+        kg = 1.0 - kr - kb
+        ys, cs = (255.0 / 219.0, 255.0 / 224.0) if self.range == "limited" else (1.0, 1.0)
+        return (
+            (ys, 0.0, cs * 2.0 * (1.0 - kr)),
+            (ys, -cs * 2.0 * kb * (1.0 - kb) / kg, -cs * 2.0 * kr * (1.0 - kr) / kg),
+            (ys, cs * 2.0 * (1.0 - kb), 0.0),
+        )
+
+
+def colour_from_av(colorspace: int | None, color_range: int | None, width: int, height: int) -> ColourSpec:
+    """The :class:`ColourSpec` of a stream from FFmpeg's codes (PyAV's ``frame.colorspace`` /
+    ``frame.color_range``, or the codec context's); what it does not say follows
+    :meth:`ColourSpec.default_for`. Matrices other than BT.601/BT.709 (BT.2020...) fall back to
+    the rule too."""
+    guess = ColourSpec.default_for(width, height)
+    matrix = _AV_MATRIX.get(int(colorspace or 0), guess.matrix)
+    rng = _AV_RANGE.get(int(color_range or 0), guess.range)
+    return ColourSpec(matrix, rng)  # type: ignore[arg-type]
+
+
+YUV_MATRIX_BT709 = ColourSpec("bt709", "limited").coefficients()
+"""BT.709 limited range YUV -> RGB (0..255): R = 1.1644(Y-16) + 1.7927(V-128), ..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +130,70 @@ class InputSpec:
         return ((np.float32(self.pad_value) / 255.0 - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)).astype(np.float32)
 
 
-def nv12_to_rgb_float(nv12: NDArray[np.uint8], width: int, height: int) -> NDArray[np.float32]:
-    """(H*3/2, W) NV12 -> (H, W, 3) float32 RGB in 0..255 (BT.709 limited, nearest chroma, clipped)."""
-    y = nv12[:height].astype(np.float32) - 16.0
-    uv = nv12[height : height + height // 2].reshape(height // 2, width // 2, 2).astype(np.float32) - 128.0
-    uv = uv.repeat(2, axis=0).repeat(2, axis=1)[:height, :width]
-    u, v = uv[..., 0], uv[..., 1]
-    m = YUV_MATRIX_BT709
+def nv12_to_rgb_float(
+    nv12: NDArray[np.uint8], width: int, height: int, colour: ColourSpec | None = None
+) -> NDArray[np.float32]:
+    """(H*3/2, W) NV12 -> (H, W, 3) float32 RGB in 0..255 (nearest chroma, clipped, not rounded).
+
+    ``colour``: the stream's matrix and range; None: :meth:`ColourSpec.default_for` the size.
+    """
+    uv = nv12[height : height + height // 2].reshape(height // 2, width // 2, 2)
+    return yuv420_to_rgb_float(nv12[:height], uv[..., 0], uv[..., 1], colour)
+
+
+def yuv420_to_rgb_float(
+    y_plane: NDArray[np.uint8], u_plane: NDArray[np.uint8], v_plane: NDArray[np.uint8], colour: ColourSpec | None = None
+) -> NDArray[np.float32]:
+    """Planes (H, W), (H/2, W/2), (H/2, W/2) uint8 -> (H, W, 3) float32 RGB 0..255: what
+    :func:`nv12_to_rgb_float` does, for planar 4:2:0 (PyAV's ``yuv420p``)."""
+    height, width = y_plane.shape
+    colour = colour or ColourSpec.default_for(width, height)
+    m = colour.coefficients()
+    y = y_plane.astype(np.float32) - np.float32(colour.y_offset)
+    u = u_plane.astype(np.float32).repeat(2, axis=0).repeat(2, axis=1)[:height, :width] - np.float32(128.0)
+    v = v_plane.astype(np.float32).repeat(2, axis=0).repeat(2, axis=1)[:height, :width] - np.float32(128.0)
+    # float32 coefficients, as the GPU kernel's: the two paths then differ only by fused multiply-adds
+    c = [[np.float32(x) for x in row] for row in m]
     rgb = np.stack(
-        [m[0][0] * y + m[0][2] * v, m[1][0] * y + m[1][1] * u + m[1][2] * v, m[2][0] * y + m[2][1] * u], axis=-1
+        [c[0][0] * y + c[0][2] * v, c[1][0] * y + c[1][1] * u + c[1][2] * v, c[2][0] * y + c[2][1] * u], axis=-1
     )
     return np.clip(rgb, 0.0, 255.0).astype(np.float32)
+
+
+def yuv420_to_rgb_uint8(
+    y_plane: NDArray[np.uint8], u_plane: NDArray[np.uint8], v_plane: NDArray[np.uint8], colour: ColourSpec | None = None
+) -> NDArray[np.uint8]:
+    """:func:`yuv420_to_rgb_float` rounded to (H, W, 3) uint8 RGB (the CPU decoder's frames).
+
+    The same float32 terms by lookup table (256 entries per term, chroma terms at chroma
+    resolution); green sums its terms in another order, so a value may differ from the rounded
+    float reference by one level where that is exactly halfway (never seen on the demo clips).
+    """
+    height, width = y_plane.shape
+    colour = colour or ColourSpec.default_for(width, height)
+    if height % 2 or width % 2:  # odd sizes: the chroma grid does not tile; the plain way
+        return np.rint(yuv420_to_rgb_float(y_plane, u_plane, v_plane, colour)).astype(np.uint8)
+    m = [[np.float32(x) for x in row] for row in colour.coefficients()]
+    levels = np.arange(256, dtype=np.float32)
+    luma = (m[0][0] * (levels - np.float32(colour.y_offset)))[y_plane]
+    chroma = levels - np.float32(128.0)
+    u_plane, v_plane = u_plane[: height // 2, : width // 2], v_plane[: height // 2, : width // 2]
+    terms = (
+        (m[0][2] * chroma)[v_plane],
+        (m[1][1] * chroma)[u_plane] + (m[1][2] * chroma)[v_plane],
+        (m[2][1] * chroma)[u_plane],
+    )
+    h2, w2 = height // 2, width // 2
+    luma4 = luma.reshape(h2, 2, w2, 2)
+    out = np.empty((height, width, 3), np.uint8)
+    out4 = out.reshape(h2, 2, w2, 2, 3)
+    val = np.empty_like(luma4)
+    for ch, term in enumerate(terms):
+        np.add(luma4, term[:, None, :, None], out=val)  # each chroma sample covers its 2x2 block
+        np.clip(val, 0.0, 255.0, out=val)
+        np.rint(val, out=val)
+        out4[..., ch] = val
+    return out
 
 
 def frame_rgb_float(frame: Frame) -> NDArray[np.float32]:
@@ -85,7 +201,7 @@ def frame_rgb_float(frame: Frame) -> NDArray[np.float32]:
     if frame.device != "cpu":
         raise ValueError("the NumPy preprocessor takes host frames; use gpu.preprocess for GPU frames")
     if frame.layout == "nv12":
-        return nv12_to_rgb_float(frame.image, frame.meta.width, frame.meta.height)
+        return nv12_to_rgb_float(frame.image, frame.meta.width, frame.meta.height, frame.colour)
     return frame.image.astype(np.float32)
 
 

@@ -40,7 +40,11 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import numpy as np
+from numpy.typing import NDArray
+
 from config.errors import SourceError
+from pipeline.preprocess import colour_from_av, yuv420_to_rgb_uint8
 from pipeline.types import Frame, FrameMeta
 
 log = logging.getLogger("people_counter.decode")
@@ -129,6 +133,43 @@ class _PassEnd:
 
     reason: str
     error: str = ""
+
+
+_PLANAR_420 = {"yuv420p": None, "yuvj420p": "full"}
+"""8-bit planar 4:2:0 formats converted by the NumPy reference, with the range a format implies."""
+
+
+def av_frame_rgb(vf: Any) -> NDArray[np.uint8]:
+    """A decoded PyAV frame as (H, W, 3) uint8 RGB, with the stream's colour matrix and range
+    (:func:`pipeline.preprocess.colour_from_av`; unspecified: BT.709 for HD, BT.601 for SD).
+
+    8-bit 4:2:0 (``yuv420p``, ``yuvj420p``) goes through :func:`pipeline.preprocess.yuv420_to_rgb_uint8`,
+    the rounded NumPy reference the GPU kernels match, so the CPU and GPU paths feed the models
+    the same pixels (within rounding). swscale's own unscaled path truncates (about one level
+    darker on average) and takes BT.601 for every unspecified stream (1.7 levels mean, 21.7 max
+    off on the 4K demo); other formats still go through it, told the matrix and range.
+    """
+    fmt = vf.format.name
+    width, height = int(vf.width), int(vf.height)
+    color_range = vf.color_range
+    if not color_range and _PLANAR_420.get(fmt) == "full":
+        color_range = 2  # the J formats are full range
+    colour = colour_from_av(vf.colorspace, color_range, width, height)
+    if fmt in _PLANAR_420:
+        ch, cw = (height + 1) // 2, (width + 1) // 2
+
+        def plane(k: int, h: int, w: int) -> NDArray[np.uint8]:
+            p = vf.planes[k]
+            return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:h, :w]
+
+        return yuv420_to_rgb_uint8(plane(0, height, width), plane(1, ch, cw), plane(2, ch, cw), colour)
+    from av.video.reformatter import ColorRange, Colorspace
+
+    return vf.reformat(  # type: ignore[no-any-return]
+        format="rgb24",
+        src_colorspace=Colorspace.ITU709 if colour.matrix == "bt709" else Colorspace.ITU601,
+        src_color_range=ColorRange.MPEG if colour.range == "limited" else ColorRange.JPEG,
+    ).to_ndarray()
 
 
 class PyAVSource:
@@ -355,7 +396,7 @@ class PyAVSource:
             for vf in vframes:
                 in_a_row = 0
                 decoded += 1
-                yield vf.to_ndarray(format="rgb24"), vf.pts
+                yield av_frame_rgb(vf), vf.pts
                 last = self._clock()
             if self.network and self._clock() - last > self.stall_timeout_s:  # data comes, frames do not
                 return _PassEnd("stalled", f"no frame for {self._clock() - last:.1f} s")

@@ -20,6 +20,9 @@ from PySide6.QtWidgets import QApplication
 from pipeline.protocols import Sink
 from pipeline.types import (
     GLOBAL_SOURCE,
+    BranchTimings,
+    FrameTimings,
+    StageTimings,
     CountResult,
     DensityMap,
     Detections,
@@ -104,7 +107,10 @@ def make_result(
     image: bool = True,
     partial: bool = False,
 ) -> FusedResult:
-    """A FusedResult of real dataclasses; by default a few people with masks and a density map."""
+    """A FusedResult of real dataclasses; by default a few people with masks and a density map.
+
+    ``timings``: flat telemetry names; ``decode_ms`` and the fusion figures go where
+    ``StageTimings`` keeps them, every other ``*_ms`` is one branch's work on this frame."""
     if detections is None:
         s = width / 640
         boxes = [(60 * s, 80 * s, 120 * s, 250 * s), (200 * s, 60 * s, 250 * s, 200 * s), (400 * s, 100 * s, 470 * s, 300 * s)]
@@ -121,49 +127,26 @@ def make_result(
         detections=detections,
         density=density,
         counts=counts,
-        timings=timings if timings is not None else {"decode_ms": 4.0, "inference_model_yolo_ms": 12.0, "end_to_end_ms": 40.0},
+        timings=make_timings(frame_index, timings if timings is not None else
+                             {"decode_ms": 4.0, "inference_model_yolo_ms": 12.0, "end_to_end_ms": 40.0}),
         overlays=(OverlayInfo("yolo", frame_index, 35.0), OverlayInfo("density", frame_index - 4, 160.0)),
-        partial=partial,
-        late_branches=("density",) if partial else (),
+        missing={"density": "late"} if partial else {},
         frame_image=make_frame(width, height) if image else None,
+        counts_frame_index=frame_index,
     )
 
 
-class RecordingController:
-    """Stands in for the pipeline: records what the window asks of it."""
-
-    def __init__(self, fail_switch: bool = False, fail_export: bool = False) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.status = PipelineStatus(RunState.RUNNING)
-        self._fail_switch = fail_switch
-        self._fail_export = fail_export
-
-    def switch_strategy(self, name: str) -> None:
-        self.calls.append(("switch_strategy", name))
-        if self._fail_switch:
-            raise ValueError(f"strategy {name} is not available")
-
-    def export(self, path: str) -> int:
-        self.calls.append(("export", path))
-        if self._fail_export:
-            raise OSError(f"read-only file system: {path}")
-        Path(path).write_text("frame_index,fused_count\n1,3.0\n2,4.0\n")
-        return 2
-
-    def stop(self) -> None:
-        self.calls.append(("stop", ""))
-
-
-@pytest.fixture
-def window(qtbot) -> tuple[MainWindow, RecordingController, LatestResultSink]:
-    controller = RecordingController()
-    sink = LatestResultSink()
-    win = MainWindow(controller, sink, "test", poll_hz=1e-3)  # the test drives poll() itself
-    qtbot.addWidget(win)
-    win.resize(1200, 700)
-    win.show()
-    qtbot.waitExposed(win)
-    return win, controller, sink
+def make_timings(frame_index: int, flat: dict[str, float]) -> StageTimings:
+    """StageTimings whose ``flat()`` gives back ``flat`` (branch work under the branch ``b``)."""
+    own = {"decode_ms", "fusion_wait_ms", "end_to_end_ms"}
+    work = {k: v for k, v in flat.items() if k not in own and not k.startswith("queue_depth")}
+    return StageTimings(
+        frame_index,
+        FrameTimings(decode_ms=flat.get("decode_ms")),
+        (BranchTimings("b", frame_index, work),) if work else (),
+        fusion_wait_ms=flat.get("fusion_wait_ms"),
+        end_to_end_ms=flat.get("end_to_end_ms"),
+    )
 
 
 # -- overlay ------------------------------------------------------------------------------------
@@ -252,10 +235,11 @@ def test_counts_text_says_counts_policy_partial_and_ages() -> None:
     c = result.counts
     assert f"people {c.fused:.1f}" in text and "policy hybrid" in text
     assert f"detections {c.detection}" in text and f"density {c.density:.1f}" in text
-    assert "PARTIAL: late density" in text
+    assert "PARTIAL: late: density" in text
     assert "yolo 35 ms" in text and "density 160 ms" in text
     no_density = FusedResult(
-        result.frame, "STRICT_SYNC", result.detections, None, CountResult(3, None, 3.0, "detections"), {}
+        result.frame, "STRICT_SYNC", result.detections, None, CountResult(3, None, 3.0, "detections"),
+        make_timings(7, {}), counts_frame_index=7,
     )
     lines = [line for line, _ in counts_lines(no_density)]
     assert "density n/a" in lines[1] and not any("PARTIAL" in line for line in lines)
@@ -317,7 +301,7 @@ def test_sink_from_several_threads_never_goes_back_and_loses_nothing_uncounted()
 
 
 def _rest(r: FusedResult) -> tuple:
-    return (r.strategy, r.detections, r.density, r.counts, r.timings)
+    return (r.strategy, r.detections, r.density, r.counts, r.timings)  # type: ignore[return-value]
 
 
 def test_sink_status_and_close() -> None:
@@ -335,108 +319,6 @@ def test_sink_status_and_close() -> None:
     assert other.status.state is RunState.STOPPED
 
 
-# -- window -------------------------------------------------------------------------------------
-
-
-def test_window_shows_a_result_with_overlays_and_charts(window) -> None:
-    win, _, sink = window
-    result = make_result(1920, 1080)
-    sink.write(result)
-    win.poll()
-    image = win.video.image
-    assert image is not None
-    assert (image.width(), image.height()) == win.video.render_size(1920, 1080)
-    shown = qimage_to_rgb(image)
-    plain = qimage_to_rgb(render_overlay(result, (image.width(), image.height()), NOTHING))
-    assert not np.array_equal(shown, plain)
-    assert win.strategy_box.currentText() == "ASYNC_OVERLAY"
-    win.charts.refresh()
-    assert {"decode_ms", "inference_model_yolo_ms"} <= set(win.charts.stages.curves)
-    assert {"end_to_end_ms", "render_ms", "overlay_lag_yolo_ms"} <= set(win.charts.end_to_end.curves)
-    assert "shown 1" in win.drop_label.text()
-
-
-def test_layer_checkboxes_redraw_the_last_result(window) -> None:
-    win, _, sink = window
-    sink.write(make_result())
-    win.poll()
-    with_boxes = qimage_to_rgb(win.video.image)
-    win.boxes_check.setChecked(False)
-    win.masks_check.setChecked(False)
-    assert not win.options.boxes and not win.options.masks
-    assert not np.array_equal(qimage_to_rgb(win.video.image), with_boxes)
-    win.heatmap_check.setChecked(True)
-    assert win.options.heatmap
-
-
-def test_strategy_selector_calls_the_controller(window) -> None:
-    win, controller, sink = window
-    sink.write(make_result(strategy="STRICT_SYNC"))
-    win.poll()  # following the pipeline's strategy is not a switch
-    assert win.strategy_box.currentText() == "STRICT_SYNC" and controller.calls == []
-    win.strategy_box.setCurrentText("RAW_STREAM_WITH_METADATA")
-    win.strategy_box.setCurrentIndex(STRATEGIES.index("ASYNC_OVERLAY"))
-    assert controller.calls == [("switch_strategy", "RAW_STREAM_WITH_METADATA"), ("switch_strategy", "ASYNC_OVERLAY")]
-    sink.write(make_result(strategy="STRICT_SYNC", frame_index=8))
-    win.poll()  # once the user chose, an older result does not move the selector
-    assert win.strategy_box.currentText() == "ASYNC_OVERLAY"
-
-
-def test_a_refused_switch_reverts_the_selector_and_says_why(qtbot) -> None:
-    controller = RecordingController(fail_switch=True)
-    win = MainWindow(controller, LatestResultSink(), strategy="ASYNC_OVERLAY")
-    qtbot.addWidget(win)
-    win.strategy_box.setCurrentText("STRICT_SYNC")
-    assert controller.calls == [("switch_strategy", "STRICT_SYNC")]
-    assert win.strategy_box.currentText() == "ASYNC_OVERLAY"
-    assert "not available" in win.message_label.text()
-
-
-@pytest.mark.parametrize("sink_closed", [False, True])
-def test_failed_status_shows_the_error_text(window, sink_closed: bool) -> None:
-    win, controller, sink = window
-    sink.write(make_result())
-    win.poll()
-    assert win.state_label.text() == "RUNNING" and win.error_label.isHidden()
-    error = "StageError: TensorRT engine yolo: CUDA out of memory\nTraceback ..."
-    controller.status = PipelineStatus(RunState.FAILED, error)
-    if sink_closed:  # the sink's STOPPED at the end of the stream does not hide the failure
-        sink.close()
-    win.poll()
-    assert win.state_label.text() == "FAILED"
-    assert not win.error_label.isHidden() and "CUDA out of memory" in win.error_label.text()
-    assert win.error_label.toolTip() == error
-    assert not win.error_banner.isHidden() and "CUDA out of memory" in win.error_banner.text()
-
-
-def test_export_calls_the_controller_and_reports(window, tmp_path: Path) -> None:
-    win, controller, _ = window
-    path = str(tmp_path / "counts.csv")
-    assert win.export_to(path) == 2
-    assert controller.calls[-1] == ("export", path) and Path(path).is_file()
-    assert "exported 2 rows" in win.message_label.text()
-
-
-def test_failed_export_is_shown(qtbot, tmp_path: Path) -> None:
-    win = MainWindow(RecordingController(fail_export=True), LatestResultSink())
-    qtbot.addWidget(win)
-    assert win.export_to(str(tmp_path / "x.csv")) is None
-    assert "read-only file system" in win.message_label.text()
-
-
-def test_closing_the_window_stops_the_controller_once(qtbot) -> None:
-    controller = RecordingController()
-    win = MainWindow(controller, LatestResultSink())
-    qtbot.addWidget(win)
-    win.show()
-    win.close()
-    win.close()
-    assert controller.calls == [("stop", "")]
-
-
-# -- charts -------------------------------------------------------------------------------------
-
-
 def test_charts_accept_timings_with_missing_keys(qtbot) -> None:
     charts = TelemetryCharts(window=5)
     qtbot.addWidget(charts)
@@ -449,12 +331,13 @@ def test_charts_accept_timings_with_missing_keys(qtbot) -> None:
     for i, t in enumerate(timings):
         charts.add(make_result(frame_index=i, timings=t, image=False))
     charts.refresh()
-    assert list(charts.stages.curves) == ["decode_ms", "preprocess_ms", "inference_model_density_ms"]
+    shown = [n for n in charts.stages.curves if charts.stages.is_visible(n)]
+    assert shown == ["decode_ms", "preprocess_ms", "inference_model_density_ms"]  # per-branch names start hidden
     x, y = charts.stages.series.data("inference_model_density_ms")
     assert x.tolist() == [0, 1, 2, 3]
     assert np.isnan(y[[0, 2, 3]]).all() and y[1] == 30.0
     x, y = charts.stages.curves["decode_ms"].getData()
-    assert len(x) == 4
+    assert x.tolist() == [0, 1]  # a latency curve joins its own samples
     _, fusion = charts.end_to_end.series.data("fusion_wait_ms")
     assert fusion[1] == 8.0 and np.isnan(fusion[0])
     _, density = charts.counts.series.data("density")
@@ -467,6 +350,47 @@ def test_charts_accept_timings_with_missing_keys(qtbot) -> None:
     assert len(charts.stages.series) == 1 and list(charts.stages.curves) == ["decode_ms"]
 
 
+def test_count_chart_gaps_unknown_and_marks_stale(qtbot) -> None:
+    charts = TelemetryCharts(window=20)
+    qtbot.addWidget(charts)
+    known = make_result(frame_index=0, image=False)
+    unknown = FusedResult(known.frame.__class__("cam0", 1, 0.1, 0, 640, 360), "ASYNC_OVERLAY", known.detections, None,
+                          CountResult.unknown("warming up", "hybrid"), make_timings(1, {}), counts_frame_index=None)
+    stale = make_result(frame_index=2, image=False)
+    stale = FusedResult(stale.frame, stale.strategy, stale.detections, stale.density, stale.counts, stale.timings,
+                        counts_frame_index=0, counts_age_ms=300.0)
+    for r in (known, unknown, stale):
+        charts.add(r)
+    charts.refresh()
+    _, fused = charts.counts.series.data("fused")
+    assert fused[0] == known.counts.fused and np.isnan(fused[1]) and fused[2] == stale.counts.fused
+    assert charts.counts.curves["fused"].zValue() > charts.counts.curves["detection"].zValue()
+    opts = charts._state_bars.opts
+    assert list(opts["x"]) == [1.0, 2.0]  # unknown and stale marked, the known frame not
+
+
+def test_chart_axes_read_on_all_zero_data_and_ticks_are_frames(qtbot) -> None:
+    charts = TelemetryCharts(window=50)
+    qtbot.addWidget(charts)
+    charts.resize(600, 600)
+    charts.show()
+    zero = CountResult(0, None, 0.0, "detections")
+    for i in range(3):
+        r = make_result(frame_index=i, image=False)
+        charts.add(FusedResult(r.frame, r.strategy, r.detections, None, zero, r.timings, counts_frame_index=i))
+    charts.refresh()
+    y0, y1 = charts.counts.plot.getViewBox().viewRange()[1]
+    assert (y0, y1) == (0.0, 1.0)  # not -400..400 x0.001
+    axis = charts.counts.plot.getAxis("left")
+    assert axis.autoSIPrefixScale == 1.0
+    frame_axis = charts.counts.plot.getAxis("bottom")
+    for spacing, _ in frame_axis.tickSpacing(0, 3, 500):
+        assert spacing >= 1 and spacing == round(spacing)
+    assert frame_axis.tickStrings([0.0, 0.5, 1.0], 1.0, 0.5) == ["0", "", "1"]
+    text = charts.show_hover(charts.counts, 1)
+    assert "frame 1" in text and "fused: 0.0" in text
+
+
 def test_latency_groups_split_stage_and_end_to_end() -> None:
     stages, e2e = latency_groups(
         {"decode_ms": 1.0, "end_to_end_ms": 50.0, "overlay_lag_density_ms": 90.0, "drops_decode": 2.0}
@@ -476,21 +400,6 @@ def test_latency_groups_split_stage_and_end_to_end() -> None:
 
 
 # -- running --------------------------------------------------------------------------------------
-
-
-def test_run_window_returns_when_the_window_closes_and_stops_the_controller(qtbot) -> None:
-    controller = RecordingController()
-    sink = LatestResultSink()
-    sink.write(make_result())
-
-    def close_main_window() -> None:
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, MainWindow) and widget.isVisible():
-                widget.close()
-
-    QTimer.singleShot(300, close_main_window)
-    assert run_window(controller, sink, "run_window test") == 0
-    assert controller.calls == [("stop", "")]
 
 
 def test_qt_workaround_pins_singletons_where_the_binding_leaks(qtbot) -> None:
