@@ -51,7 +51,7 @@ def make_source(
     elif decoder == "nvdec":
         from gpu.nvdec_source import NvdecSource
 
-        source = NvdecSource(uri, stream_id=stream.id, loop=stream.loop, ring_depth=ring_depth)
+        source = NvdecSource(uri, stream_id=stream.id, loop=stream.loop, ring_depth=ring_depth, on_event=on_event)
     else:
         source = _pyav_source(stream, device, on_event, uri)
     if stream.realtime and not is_network_uri(uri):
@@ -161,6 +161,18 @@ def _make_branch(cfg: PipelineConfig, name: str, bcfg: BranchConfig) -> Branch:
     )  # fmt: skip
 
 
+def intra_op_threads(cfg: PipelineConfig) -> int:
+    """CPU threads per ONNX Runtime session: ``backend.onnxruntime.intra_op_threads``, or for 0 the
+    cores split over the enabled branches, which run at once, one thread each
+    (:func:`models.onnxruntime_backend.cpu_thread_budget`). GPU sessions keep ORT's default."""
+    from models.onnxruntime_backend import cpu_thread_budget
+
+    ort_cfg = cfg.backend.onnxruntime
+    if ort_cfg.intra_op_threads or cfg.backend.device == "gpu":
+        return ort_cfg.intra_op_threads
+    return cpu_thread_budget(sum(1 for b in cfg.branches.values() if b.enabled))
+
+
 def _make_runner(cfg: PipelineConfig, branch: str, model_name: str, spec: InputSpec) -> ModelRunner:
     """The model's backend, in a runner named after the branch (telemetry:
     ``inference_model_<branch>_ms``), checked against the spec and the adapter's needs; the
@@ -171,7 +183,7 @@ def _make_runner(cfg: PipelineConfig, branch: str, model_name: str, spec: InputS
     if be.name == "onnxruntime":
         kwargs = {
             "providers": list(be.onnxruntime.providers),
-            "intra_op_threads": be.onnxruntime.intra_op_threads,
+            "intra_op_threads": intra_op_threads(cfg),
             "device": be.device,
         }
         if be.device == "gpu":  # the detector's stream goes first; density fills the gaps
@@ -191,15 +203,31 @@ def _make_runner(cfg: PipelineConfig, branch: str, model_name: str, spec: InputS
 
 
 def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[TensorInfo, ...]) -> None:
-    """Refuse, at load time, a model whose outputs its adapter cannot decode."""
+    """Refuse, at load time, a model whose outputs its adapter cannot decode.
+
+    For a YOLO v8 head with a static class count (``[B, 4+nc(+32), A]``), every id in
+    ``person_classes`` must be below ``nc``; end-to-end heads carry the class in a column, so their
+    count is not in the shapes (an id they never output just matches nothing).
+    """
     shapes = {o.name: o.shape for o in outputs}
     if model.kind == "yolo":
-        from models.yolo import check_head_shapes, detect_head
+        from models.yolo import NUM_MASK_COEFS, check_head_shapes, detect_head
 
         try:
-            check_head_shapes(detect_head(shapes) if model.head == "auto" else model.head, shapes)
+            head = detect_head(shapes) if model.head == "auto" else model.head
+            pred_name, _ = check_head_shapes(head, shapes)
         except ModelLoadError as exc:
             raise ModelLoadError(f"model {model_name!r} ({model.path}): {exc}") from None
+        rows = shapes[pred_name][1]
+        if head.startswith("v8") and rows is not None:
+            nc = rows - 4 - (NUM_MASK_COEFS if head == "v8_seg" else 0)
+            bad = [c for c in model.person_classes if c >= nc]
+            if bad:
+                raise ModelLoadError(
+                    f"model {model_name!r} ({model.path}) has {nc} class{'es' if nc != 1 else ''} (ids 0..{nc - 1}) "
+                    f"but person_classes is {model.person_classes}: {bad} out of range; "
+                    f"set models.{model_name}.person_classes to ids in 0..{nc - 1}"
+                )
         return
     dims = [s for s in shapes.values() if len(s) == 4 and s[1] in (1, None)]
     if len(shapes) != 1 or not dims:

@@ -96,7 +96,11 @@ class ModelAdapter(Protocol):
 
 class Branch(Protocol):
     """One model branch: preprocess, infer, decode. ``run`` never raises for a bad frame: it
-    returns a ``BranchResult`` with ``error`` set; it raises only for unrecoverable faults."""
+    returns a ``BranchResult`` with ``error`` set; it raises only for unrecoverable faults.
+
+    A GPU frame's ring slot is leased (``Frame.lease``): a branch that was handed the frame
+    releases it exactly once after its last read of the pixels (``models.branch.run_branch``
+    does, after preprocessing, with an event on the branch's stream)."""
 
     name: str
     every_n_frames: int

@@ -77,11 +77,12 @@ def _window_fps(ts: Mapping[int, float], warmup: int, t_start: float) -> tuple[f
 
 
 def _sync_device(tensor: Any) -> None:
-    """Wait for asynchronous GPU work behind ``tensor`` (a no-op for host arrays)."""
+    """Wait for the GPU work behind ``tensor``: the current stream of this thread, where the
+    preprocessor enqueued it (a no-op for host arrays)."""
     if hasattr(tensor, "__cuda_array_interface__"):
         from models.runner import array_module
 
-        array_module(tensor).cuda.runtime.deviceSynchronize()
+        array_module(tensor).cuda.get_current_stream().synchronize()
 
 
 def _make_preprocessors(cfg: PipelineConfig) -> dict[str, Any]:
