@@ -9,28 +9,24 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QApplication
 
 from pipeline.protocols import Sink
 from pipeline.types import (
     GLOBAL_SOURCE,
     BranchTimings,
-    FrameTimings,
-    StageTimings,
     CountResult,
     DensityMap,
     Detections,
     FrameMeta,
+    FrameTimings,
     FusedResult,
     OverlayInfo,
+    StageTimings,
 )
-from ui.app import run_window
 from ui.bridge import LatestResultSink, PipelineStatus, RunState
 from ui.charts import TelemetryCharts, latency_groups
 from ui.overlay import (
@@ -43,7 +39,6 @@ from ui.overlay import (
     render_overlay,
 )
 from ui.qt_fixes import apply_qt_workarounds, singleton_leaks
-from ui.window import STRATEGIES, MainWindow
 
 NOTHING = OverlayOptions(boxes=False, masks=False, heatmap=False, text=False)
 

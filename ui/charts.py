@@ -130,12 +130,12 @@ class FrameAxis(pg.AxisItem):
         super().__init__("bottom")
         self.enableAutoSIPrefix(False)
 
-    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:  # noqa: N802,N803
+    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:
         spacings = super().tickSpacing(minVal, maxVal, size)
         out = [(max(1.0, float(round(major))), offset) for major, offset in spacings]
         return out[:1] if out and out[0][0] <= 1.0 else out
 
-    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:  # noqa: N802
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
         return [f"{round(v):d}" if abs(v - round(v)) < 1e-6 else "" for v in values]
 
 
@@ -430,7 +430,7 @@ class TelemetryCharts(QWidget):
         line.setPos(x)
         line.show()
         text.setText(body)
-        (vx0, vx1), (vy0, vy1) = chart.plot.getViewBox().viewRange()
+        (vx0, vx1), (_vy0, vy1) = chart.plot.getViewBox().viewRange()
         text.setAnchor((1, 0) if x > (vx0 + vx1) / 2 else (0, 0))
         text.setPos(x, vy1)
         text.show()

@@ -26,7 +26,7 @@ class ElidedLabel(QLabel):
         self.setMinimumWidth(40)
         self.setText(text)
 
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt override)
+    def setText(self, text: str) -> None:
         self._full = text
         self.setToolTip(text)
         self._elide()
@@ -39,7 +39,7 @@ class ElidedLabel(QLabel):
         """The text on screen (elided when it does not fit)."""
         return super().text()
 
-    def sizeHint(self) -> QSize:  # noqa: N802
+    def sizeHint(self) -> QSize:
         fm = QFontMetrics(self.font())
         return QSize(fm.horizontalAdvance(self._full) + 8, super().sizeHint().height())
 
@@ -47,7 +47,7 @@ class ElidedLabel(QLabel):
         fm = QFontMetrics(self.font())
         super().setText(fm.elidedText(self._full, Qt.TextElideMode.ElideRight, max(0, self.width() - 4)))
 
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+    def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self._elide()
 

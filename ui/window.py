@@ -213,7 +213,7 @@ class VideoView(QWidget):
         r = self.image_rect()
         return ((pos.x() - r.x()) / max(1.0, r.width()), (pos.y() - r.y()) / max(1.0, r.height()))
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+    def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         try:
             painter.fillRect(self.rect(), QColor(0, 0, 0))
@@ -238,25 +238,25 @@ class VideoView(QWidget):
         finally:
             painter.end()
 
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+    def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)
         self.resized.emit()
 
-    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.zones.editing:
             self.zones.press(self.to_normalized(event.position()), (self.image_rect().width(), self.image_rect().height()))
 
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
         self.zones.move(self.to_normalized(event.position()))
 
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         self.zones.release()
 
-    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         if self.zones.editing and self.zones.drawing:
             self.zones.finish()
 
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+    def keyPressEvent(self, event: QKeyEvent) -> None:
         if self.zones.editing and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.zones.drawing:
             self.zones.finish()
         elif self.zones.editing and event.key() == Qt.Key.Key_Escape:
@@ -754,7 +754,7 @@ class MainWindow(QMainWindow):
         if now - self._last_chart_refresh >= CHART_REFRESH_S:
             self.charts.refresh()
             self._last_chart_refresh = now
-        if self._close_asked_at is not None and (self._controller.idle and not pending_tasks()
+        if self._close_asked_at is not None and ((self._controller.idle and not pending_tasks())
                                                  or now - self._close_asked_at > CLOSE_DEADLINE_S):  # fmt: skip
             self.closed_cleanly = self._controller.idle
             self._close_asked_at = None
@@ -782,7 +782,7 @@ class MainWindow(QMainWindow):
         frame_wh = (result.frame.width, result.frame.height)
         applied = zones_from_config(cfg.counting.zones, frame_wh)
         self._applied_zones = {z.name: z for z in applied}
-        if not self.zones.zones or self._zones_loaded_for is None and set(self._applied_zones) >= {z.name for z in self.zones.zones}:
+        if not self.zones.zones or (self._zones_loaded_for is None and set(self._applied_zones) >= {z.name for z in self.zones.zones}):
             self.zones.set_zones(applied)
         self._zones_loaded_for = result.frame.frame_index
 
@@ -1054,7 +1054,7 @@ class MainWindow(QMainWindow):
     def closing(self) -> bool:
         return self._close_asked_at is not None
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+    def closeEvent(self, event: QCloseEvent) -> None:
         if self._controller.idle and not pending_tasks():
             self._timer.stop()
             self.closed_cleanly = True
