@@ -1,6 +1,7 @@
 """The command line: ``headless``, ``gui``, ``bench``, ``export``, ``fetch-assets``, ``build-engines``.
 
-Every ``AppError`` is printed as one clear message (no traceback) and mapped to its exit code.
+Every ``AppError`` is printed as one clear message (no traceback) and mapped to its exit code; a
+bad argument is one line too (``main.py headless: error: ...``), exit 2 like a bad config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from config import configure_logging, load_log_config
 from config.errors import AppError
@@ -21,17 +23,37 @@ DEFAULT_LOG_CONFIG = "config/log.yaml"
 STRATEGIES = [s.value for s in FusionStrategyName]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): ``prog: error: why (see prog --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a frame count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1, got {value}; leave the option out to run to the end"
+        )
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline config (default {DEFAULT_CONFIG})")
     p.add_argument("--log-config", default=DEFAULT_LOG_CONFIG, help=f"log channels (default {DEFAULT_LOG_CONFIG})")
     p.add_argument("--source", help="override streams[0].uri: a video file or rtsp/http URL")
-    p.add_argument("--max-frames", type=int, help="stop after N frames")
+    p.add_argument("--max-frames", type=positive_int, help="stop after N frames (N >= 1)")
     p.add_argument("--fusion", choices=STRATEGIES, help="fusion strategy (default: the config's)")
     p.add_argument("--realtime", action="store_true", help="deliver a file at its frame rate, like a live camera")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="people-counter: real-time people counting")
+    parser = _Parser(prog="main.py", description="people-counter: real-time people counting")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("headless", help="run the pipeline without a window; store counts in SQLite")
@@ -53,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--log-config", default=DEFAULT_LOG_CONFIG)
     p.add_argument("--source", help="override streams[0].uri")
-    p.add_argument("--frames", type=int, default=60, help="frames per scenario (default 60)")
+    p.add_argument("--frames", type=positive_int, default=60, help="frames per scenario (default 60)")
     p.add_argument("--fusion", nargs="+", choices=STRATEGIES, help="strategies to compare (default: the config's)")
     p.add_argument("--scenario", nargs="+", choices=["preprocess", "e2e", "sequential"], default=["preprocess", "e2e"],
                    help="preprocess: decode + preprocess only; e2e: whole pipeline; sequential: branches one after another")

@@ -19,24 +19,66 @@ LOG_CHANNELS = ("app", "decode", "preprocess", "inference", "fusion", "storage",
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last
+    one silently, so half of an edit would be lost without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", mark
+                )
+            try:
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and where (PyYAML's text spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
+        context = f" ({exc.context})" if exc.context else ""
+        return f"{exc.problem}{context}{where}"
+    return " ".join(str(exc).split())
+
+
+def _read_yaml(path: Path, what: str = "pipeline config") -> dict[str, Any]:
+    """The top-level mapping of a YAML file; every failure a one-line ``ConfigError`` naming the file."""
     if not path.exists():
         raise ConfigError(f"{path}: config file not found (pass --config with an existing file)")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; pass the {what} file itself (e.g. {path}/pipeline.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            f"the {what} is YAML text: is this the right file?"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: the file is empty; the {what} is a mapping of keys (see config/pipeline.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: {exc.error_count()} invalid setting(s):"]
+    """All validation errors on one line: ``file: N invalid setting(s): key.path: why; ...``."""
+    parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
@@ -44,9 +86,9 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:
-            msg = err["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+            msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return f"{path}: {exc.error_count()} invalid setting(s): " + "; ".join(" ".join(p.split()) for p in parts)
 
 
 def _validate(model: type[_M], path: Path, data: dict[str, Any]) -> _M:
@@ -71,7 +113,7 @@ def load_pipeline_config(path: str | Path, **overrides: Any) -> PipelineConfig:
 def load_log_config(path: str | Path) -> LogConfig:
     """Read ``log.yaml``."""
     path = Path(path)
-    return _validate(LogConfig, path, _read_yaml(path))
+    return _validate(LogConfig, path, _read_yaml(path, "log config"))
 
 
 def configure_logging(cfg: LogConfig) -> None:

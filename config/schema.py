@@ -6,6 +6,8 @@ in the shipped ``config/pipeline.yaml`` agree (a test checks it).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Literal
 
@@ -75,13 +77,27 @@ class ModelConfig(_Strict):
         description="YOLO output head: v8_* for YOLOv8/11 [B,4+nc(+32),A]; e2e_* for YOLO26 [B,300,6|38]; auto reads the shapes.",
     )
     person_classes: list[int] = Field(
-        default_factory=lambda: [0], description="Class ids that count as a person."
+        default_factory=lambda: [0],
+        description="Class ids that count as a person (each below the model's class count; checked at load).",
     )
     score_threshold: float = Field(0.35, ge=0, le=1, description="Minimum class score kept.")
     iou_threshold: float = Field(0.5, ge=0, le=1, description="NMS IoU threshold (v8 heads; e2e heads need no NMS).")
     max_detections: int = Field(300, gt=0, description="Detections kept per image after NMS.")
     output_stride: int = Field(8, gt=0, description="Density models: input pixels per output cell.")
     density_scale: float = Field(1.0, gt=0, description="Density models: multiply the output by this to get people.")
+
+    @model_validator(mode="after")
+    def _check_person_classes(self) -> ModelConfig:
+        # Ids above the model's class count are refused at load, where the outputs are known
+        # (app.build.check_model_outputs); what needs no model is checked here.
+        negative = [c for c in self.person_classes if c < 0]
+        if negative:
+            raise ValueError(f"person_classes {self.person_classes}: class ids start at 0; {negative} are negative")
+        if len(set(self.person_classes)) != len(self.person_classes):
+            raise ValueError(f"person_classes {self.person_classes}: an id is given twice")
+        if self.kind == "yolo" and not self.person_classes:
+            raise ValueError("person_classes is empty: a YOLO model would count no one; give the person class ids, e.g. [0]")
+        return self
 
 
 class OnnxRuntimeConfig(_Strict):
@@ -165,9 +181,69 @@ class MergeConfig(_Strict):
     edge_margin_px: int = Field(4, ge=0, description="A box this close to a tile edge (inside the frame) is cut by the tile.")
 
 
+def _polygon_area(polygon: Sequence[tuple[float, float]]) -> float:
+    """Shoelace area of a polygon (absolute value; a self-crossing one's parts may cancel)."""
+    xs = [p[0] for p in polygon]
+    ys = [p[1] for p in polygon]
+    n = len(polygon)
+    return abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n))) / 2
+
+
 class ZoneConfig(_Strict):
-    name: str = Field(..., description="Zone name shown in counts.")
-    polygon: list[tuple[float, float]] = Field(..., min_length=3, description="Polygon in frame pixels.")
+    """A named polygon counted apart. Its points are frame pixels (``units: pixels``) or fractions
+    of the frame's width and height (``units: normalized``, 0..1, for any resolution).
+
+    A pixel polygon with ``frame_size`` is scaled to the frame when the stream's resolution differs
+    from it; without ``frame_size`` it is used as written and must lie inside the frame (checked on
+    every frame: an error names the zone and the frame size otherwise).
+    """
+
+    name: str = Field(..., min_length=1, description="Zone name shown in counts; unique among the zones.")
+    polygon: list[tuple[float, float]] = Field(
+        ..., min_length=3, description="Polygon [[x, y], ...], at least 3 points enclosing an area; in `units`."
+    )
+    units: Literal["pixels", "normalized"] = Field(
+        "pixels",
+        description="pixels: frame pixels; normalized: fractions 0..1 of the frame width and height (any resolution).",
+    )
+    frame_size: tuple[int, int] | None = Field(
+        None,
+        description="pixels only: [width, height] of the frame the polygon was drawn on; at another resolution the "
+        "polygon is scaled to the frame. null: used as written, and it must lie inside the frame.",
+    )
+
+    @model_validator(mode="after")
+    def _check_polygon(self) -> ZoneConfig:
+        bad = [list(p) for p in self.polygon if not all(math.isfinite(v) for v in p)]
+        if bad:
+            raise ValueError(f"zone {self.name!r}: polygon points must be finite numbers; got {bad}")
+        xs = [p[0] for p in self.polygon]
+        ys = [p[1] for p in self.polygon]
+        extent = (max(xs) - min(xs)) * (max(ys) - min(ys))
+        # relative to its bounding box, so that rounding of collinear points does not pass
+        if extent <= 0 or _polygon_area(self.polygon) <= 1e-9 * extent:
+            raise ValueError(
+                f"zone {self.name!r}: polygon {[list(p) for p in self.polygon]} encloses no area (its points are "
+                "collinear or repeated, or it crosses itself so that its parts cancel)"
+            )
+        if self.units == "normalized":
+            if self.frame_size is not None:
+                raise ValueError(f"zone {self.name!r}: frame_size is for units: pixels; a normalized polygon fits any frame")
+            limit: tuple[float, float] = (1.0, 1.0)
+        elif self.frame_size is not None:
+            if min(self.frame_size) <= 0:
+                raise ValueError(f"zone {self.name!r}: frame_size {list(self.frame_size)} must be positive [width, height]")
+            limit = (float(self.frame_size[0]), float(self.frame_size[1]))
+        else:
+            limit = (math.inf, math.inf)
+        outside = [list(p) for p in self.polygon if not (0 <= p[0] <= limit[0] and 0 <= p[1] <= limit[1])]
+        if outside:
+            frame = {
+                "normalized": "the frame (normalized units are 0..1)",
+                "pixels": f"the {limit[0]:g}x{limit[1]:g} frame_size" if self.frame_size else "the frame (x, y >= 0)",
+            }[self.units]
+            raise ValueError(f"zone {self.name!r}: polygon points {outside} lie outside {frame}")
+        return self
 
 
 class CountingConfig(_Strict):
@@ -175,6 +251,18 @@ class CountingConfig(_Strict):
     merge: MergeConfig = Field(default_factory=MergeConfig, description="Global/tile detection merging.")
     hybrid: HybridConfig = Field(default_factory=HybridConfig, description="Hybrid count settings.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Optional named zones counted apart.")
+
+    @model_validator(mode="after")
+    def _check_zone_names(self) -> CountingConfig:
+        seen: dict[str, int] = {}
+        for i, zone in enumerate(self.zones):
+            if zone.name in seen:
+                raise ValueError(
+                    f"zones {seen[zone.name]} and {i} are both named {zone.name!r}: their counts would merge; "
+                    "give each zone its own name"
+                )
+            seen[zone.name] = i
+        return self
 
 
 class FusionConfig(_Strict):

@@ -24,21 +24,26 @@ from numpy.typing import NDArray
 
 from config.errors import ModelLoadError
 from config.schema import ModelConfig
+from models.yolo import check_finite
 from pipeline.geometry import PreprocessPlan
 from pipeline.types import DensityMap, PreprocessOutput
 
 __all__ = ["DensityAdapter", "density_output", "resample_letterbox", "stitch_grid"]
 
 
-def density_output(outputs: Mapping[str, Any], plan: PreprocessPlan, stride: int) -> NDArray[np.float32]:
+def density_output(
+    outputs: Mapping[str, Any], plan: PreprocessPlan, stride: int, model: str = "density model"
+) -> NDArray[np.float32]:
     """The single model output as (N, h, w) float32 host array, checked against the plan.
 
     Expected (N, 1, H//s, W//s) or (N, H//s, W//s) with N = ``plan.count`` and (W, H) =
-    ``plan.out_wh``. Raises ``ModelLoadError`` naming the output, the shape found and expected.
+    ``plan.out_wh``, every value finite. Raises ``ModelLoadError`` naming ``model``, the output,
+    the shape found and expected, or how many values are NaN / Inf (a NaN map would make every
+    count NaN; an Inf one, infinite).
     """
     if len(outputs) != 1:
         found = ", ".join(f"{n} {list(np.shape(a))}" for n, a in outputs.items()) or "none"
-        raise ModelLoadError(f"density model: expected exactly one output, got {found}")
+        raise ModelLoadError(f"{model}: expected exactly one output, got {found}")
     ((name, raw),) = outputs.items()
     arr = raw.get() if hasattr(raw, "get") and not isinstance(raw, np.ndarray) else np.asarray(raw)
     w, h = plan.out_wh
@@ -46,9 +51,10 @@ def density_output(outputs: Mapping[str, Any], plan: PreprocessPlan, stride: int
     got = tuple(arr.shape)
     if got not in (want, (want[0], 1, *want[1:])):
         raise ModelLoadError(
-            f"density output {name!r} has shape {list(got)}; expected {[want[0], 1, *want[1:]]} "
+            f"{model}: output {name!r} has shape {list(got)}; expected {[want[0], 1, *want[1:]]} "
             f"(or {list(want)}) for {plan.count} tensors of {w}x{h} at stride {stride}"
         )
+    check_finite(model, name, arr)
     return arr.reshape(want).astype(np.float32)
 
 
@@ -114,10 +120,11 @@ class DensityAdapter:
     def __init__(self, cfg: ModelConfig) -> None:
         self.stride = cfg.output_stride
         self.scale = cfg.density_scale
+        self.model = f"density model {cfg.path}"
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> DensityMap:
         plan = pre.plan
-        maps = density_output(outputs, plan, self.stride) * np.float32(self.scale)
+        maps = density_output(outputs, plan, self.stride, self.model) * np.float32(self.scale)
         if plan.kind == "grid":
             return DensityMap(density=stitch_grid(maps, plan, self.stride), stride=self.stride)
         if plan.kind == "letterbox":

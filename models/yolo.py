@@ -17,6 +17,7 @@ pixels to frame pixels with ``PreprocessPlan.tensor_to_frame``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +36,7 @@ __all__ = [
     "TensorDetections",
     "YoloAdapter",
     "YoloSettings",
+    "check_finite",
     "check_head_shapes",
     "decode_e2e",
     "decode_head",
@@ -99,6 +101,25 @@ class TensorDetections:
 
 def _fmt(shape: Shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_finite(model: str, name: str, output: Any) -> None:
+    """Raise ``ModelLoadError`` when a model output (NumPy or CuPy) holds NaN or Inf.
+
+    A broken export, or an fp16/int8 build whose activations overflow, gives non-finite outputs on
+    every frame; decoded, NaN scores fail every threshold and such a model would count 0 people
+    without a word. The screen is one reduction (a float64 sum of finite float32/float16 values
+    stays finite; NaN and Inf propagate), so the counting happens only for a broken output.
+    """
+    if math.isfinite(float(output.sum(dtype=np.float64))):
+        return
+    n_nan = int((output != output).sum())
+    n_inf = int((abs(output) == np.inf).sum())
+    raise ModelLoadError(
+        f"{model}: output {name!r} {_fmt(output.shape)} holds {n_nan} NaN and {n_inf} infinite values of "
+        f"{output.size}: a model must output finite numbers; check the model file (a fp16/int8 build that "
+        "overflows: rebuild it in fp32)"
+    )
 
 
 def _split_outputs(shapes: Mapping[str, Shape]) -> tuple[str, str | None]:
@@ -449,17 +470,26 @@ class YoloSettings:
     score_threshold: float
     iou_threshold: float
     max_detections: int
+    model: str = "YOLO model"
+    """How errors name the model: ``YOLO model <path>``."""
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> YoloSettings:
-        return cls(cfg.head, tuple(cfg.person_classes), cfg.score_threshold, cfg.iou_threshold, cfg.max_detections)
+        return cls(
+            cfg.head, tuple(cfg.person_classes), cfg.score_threshold, cfg.iou_threshold, cfg.max_detections,
+            f"YOLO model {cfg.path}",
+        )  # fmt: skip
 
 
-def select_outputs(outputs: Mapping[str, Any], pre: PreprocessOutput, head: HeadName | Literal["auto"]) -> tuple[HeadName, Any, Any]:
+def select_outputs(
+    outputs: Mapping[str, Any], pre: PreprocessOutput, head: HeadName | Literal["auto"], model: str = "YOLO model"
+) -> tuple[HeadName, Any, Any]:
     """(head, prediction output, protos output or None) of a model's outputs (NumPy or CuPy).
 
     ``head`` ``auto`` is read from the shapes (:func:`detect_head`). Raises ``ModelLoadError`` when
-    the shapes do not fit the head or the batch is not the plan's tensor count.
+    the shapes do not fit the head, the batch is not the plan's tensor count, or an output it
+    returns holds NaN or Inf (:func:`check_finite`; ``model`` names the model there). The NumPy and
+    the GPU adapter both start here, so both refuse non-finite outputs.
     """
     shapes = {name: tuple(a.shape) for name, a in outputs.items()}
     found: HeadName = detect_head(shapes) if head == "auto" else head
@@ -470,6 +500,9 @@ def select_outputs(outputs: Mapping[str, Any], pre: PreprocessOutput, head: Head
             f"YOLO output {pred_name!r} has batch {pred.shape[0]} for {pre.plan.count} input tensors "
             f"(spec {pre.spec_name!r}); expected shape [{pre.plan.count}, ...]"
         )
+    check_finite(model, pred_name, pred)
+    if protos_name is not None:
+        check_finite(model, protos_name, outputs[protos_name])
     return found, pred, (outputs[protos_name] if protos_name else None)
 
 
@@ -506,7 +539,7 @@ class YoloAdapter:
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> Detections:
         host = {name: _to_host(a) for name, a in outputs.items()}
-        head, pred, protos = select_outputs(host, pre, self.settings.head)
+        head, pred, protos = select_outputs(host, pre, self.settings.head, self.settings.model)
         return to_frame_detections(decode_head(head, pred, protos, self.settings), protos, pre.plan)
 
 

@@ -6,7 +6,8 @@ All coordinates are frame pixels (``xyxy``). Three public steps:
   tiles (intersection-over-smaller matching, the better-placed detection kept, masks stitched).
 - :func:`hybrid_count`: region by region, detections where the scene is sparse and the density
   integral where it is dense; records which source each region used; fills zone counts.
-- :func:`points_in_polygon` and :func:`count_zones`: zone counts by the feet (box bottom-centre).
+- :func:`points_in_polygon` and :func:`count_zones`: zone counts by the feet (box bottom-centre);
+  :func:`zone_polygon` places a zone on the frame (pixels, scaled pixels or normalized units).
 
 Placement rule of the merge. A tile cuts a person only along its *inner* edges: tile edges that
 are also the frame edge cut the global pass and every tile alike, so they say nothing. A
@@ -35,6 +36,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from config.errors import ConfigError
 from config.schema import HybridConfig, MergeConfig, ZoneConfig
 from pipeline.types import GLOBAL_SOURCE, CountResult, DensityMap, Detections
 
@@ -51,6 +53,7 @@ __all__ = [
     "points_in_polygon",
     "region_density",
     "stitch_masks",
+    "zone_polygon",
 ]
 
 Policy = Literal["detections", "density", "hybrid"]
@@ -300,6 +303,36 @@ def _density_by_region_source(density: DensityMap, region_source: NDArray[np.int
     return np.where(dense == SOURCE_DENSITY, density.density, 0).astype(np.float64)
 
 
+_EDGE_TOLERANCE_PX = 1e-6
+"""How far a pixel polygon may stick out of the frame (rounding of a point on the edge)."""
+
+
+def zone_polygon(zone: ZoneConfig, frame_wh: tuple[int, int]) -> NDArray[np.float64]:
+    """(V, 2) float64 polygon of ``zone`` in pixels of a frame of ``frame_wh`` (width, height).
+
+    ``units: normalized``: the fractions times the frame size. ``units: pixels`` with
+    ``frame_size``: scaled from that size to this frame, per axis. Plain pixels: as written, and
+    ``ConfigError`` when a point lies outside the frame (a polygon drawn for another resolution,
+    which would count the wrong part of the frame).
+    """
+    poly = np.asarray(zone.polygon, np.float64)
+    w, h = frame_wh
+    if zone.units == "normalized":
+        return poly * np.array([w, h], np.float64)
+    if zone.frame_size is not None:
+        fw, fh = zone.frame_size
+        return poly * np.array([w / fw, h / fh], np.float64)
+    out = (poly[:, 0] > w + _EDGE_TOLERANCE_PX) | (poly[:, 1] > h + _EDGE_TOLERANCE_PX)
+    if out.any():
+        x, y = poly[np.argmax(out)]
+        raise ConfigError(
+            f"counting.zones {zone.name!r}: polygon point ({x:g}, {y:g}) lies outside the {w}x{h} frame; a pixel "
+            f"polygon must fit the stream's frames: add frame_size: [W, H] (the frame it was drawn on) to scale it, "
+            "or give it in units: normalized (0..1)"
+        )
+    return poly
+
+
 def count_zones(
     dets: Detections,
     density: DensityMap | None,
@@ -311,25 +344,34 @@ def count_zones(
 
     A detection counts in a zone when its feet are inside the polygon and the region of its
     centre counts by detections; a density cell counts when its centre is inside the polygon and
-    its region counts by density. ``region_source`` (rows, cols): 1 density, 0 detections.
+    its region counts by density. ``region_source`` (rows, cols): 1 density, 0 detections. Each
+    polygon is placed on this frame by :func:`zone_polygon` (normalized or scaled zones follow a
+    change of resolution; a plain pixel zone that does not fit the frame raises ``ConfigError``).
     """
     rows, cols = region_source.shape
     r, c = _region_of(dets.center, frame_wh, rows, cols)
     det_ok = region_source[r, c] == SOURCE_DETECTIONS
-    foot = feet(dets.xyxy)
+    # The even-odd test leaves out points on a polygon's bottom and right edges, so a person whose
+    # box is cut by the frame's bottom (feet at y == height) would be in no zone drawn to the
+    # frame's edge; points are taken at the frame's last pixel centres at most (as the regions
+    # take cells centred past the edge).
+    last = np.array(frame_wh, np.float64) - 0.5
+    foot = np.clip(feet(dets.xyxy), 0.0, last)
     values = None
     if density is not None and (region_source == SOURCE_DENSITY).any():
         values = _density_by_region_source(density, region_source, frame_wh)
         xs, ys = _cell_axes(density)
+        xs, ys = np.minimum(xs, last[0]), np.minimum(ys, last[1])
     out: dict[str, float] = {}
     for zone in zones:
-        n = float(np.count_nonzero(det_ok & points_in_polygon(foot, zone.polygon)))
+        polygon = zone_polygon(zone, frame_wh)
+        n = float(np.count_nonzero(det_ok & points_in_polygon(foot, polygon)))
         if values is not None:
             # only the cells inside the polygon's bounding box can be inside it
-            (px0, py0), (px1, py1) = np.min(zone.polygon, axis=0), np.max(zone.polygon, axis=0)
+            (px0, py0), (px1, py1) = polygon.min(axis=0), polygon.max(axis=0)
             c0, c1 = np.searchsorted(xs, [px0, px1])
             r0, r1 = np.searchsorted(ys, [py0, py1])
-            inside = grid_in_polygon(xs[c0:c1], ys[r0:r1], zone.polygon)
+            inside = grid_in_polygon(xs[c0:c1], ys[r0:r1], polygon)
             n += float(values[r0:r1, c0:c1][inside].sum())
         out[zone.name] = n
     return out

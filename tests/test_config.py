@@ -166,3 +166,101 @@ def test_module_logger_follows_its_log_yaml_channel(module: str, attr: str, rest
     assert prefix == "people_counter" and channel in channels, f"{module}: logger {logger.name!r}, channels {sorted(channels)}"
     configure_logging(load_log_config(LOG_YAML).model_copy(update={"level": "ERROR", "channels": dict.fromkeys(channels, "DEBUG")}))
     assert logger.getEffectiveLevel() == logging.DEBUG
+
+
+# -- zones and class ids --------------------------------------------------------------------------
+
+SQUARE = [[0, 0], [100, 0], [100, 100], [0, 100]]
+
+
+def _with_zones(*zones: dict[str, object]):  # type: ignore[no-untyped-def]
+    return lambda d: d["counting"].update(zones=list(zones))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_with_zones({"name": "door", "polygon": SQUARE}, {"name": "desk", "polygon": SQUARE}, {"name": "door", "polygon": SQUARE}),
+         "zones 0 and 2 are both named 'door'"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [10, 0]]}), "counting.zones.0.polygon: List should have at least 3 items"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [float("nan"), 0], [10, 10]]}), "polygon points must be finite numbers; got [[nan, 0.0]]"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [float("inf"), 0], [10, 10]]}), "must be finite"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [5, 5], [10, 10]]}), "encloses no area"),
+        (_with_zones({"name": "a", "polygon": [[3, 3], [3, 3], [3, 3]]}), "encloses no area"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [0.1, 0.1], [0.3, 0.3]], "units": "normalized"}), "encloses no area"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [10, 10], [10, 0], [0, 10]]}), "crosses itself"),
+        (_with_zones({"name": "a", "polygon": [[-5, 0], [10, 0], [10, 10]]}), "points [[-5.0, 0.0]] lie outside the frame (x, y >= 0)"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [1.5, 0], [1, 1]], "units": "normalized"}), "normalized units are 0..1"),
+        (_with_zones({"name": "a", "polygon": SQUARE, "frame_size": [80, 80]}), "outside the 80x80 frame_size"),
+        (_with_zones({"name": "a", "polygon": [[0, 0], [1, 0], [1, 1]], "units": "normalized", "frame_size": [10, 10]}),
+         "frame_size is for units: pixels"),
+        (_with_zones({"name": "a", "polygon": SQUARE, "frame_size": [0, 100]}), "must be positive"),
+        (_with_zones({"name": "a", "polygon": SQUARE, "units": "percent"}), "counting.zones.0.units"),
+        (_with_zones({"name": "", "polygon": SQUARE}), "counting.zones.0.name"),
+        (lambda d: d["models"]["person"].update(person_classes=[0, -1]), "[-1] are negative"),
+        (lambda d: d["models"]["person"].update(person_classes=[0, 0]), "an id is given twice"),
+        (lambda d: d["models"]["person"].update(person_classes=[]), "a YOLO model would count no one"),
+    ],
+)
+def test_bad_zones_and_classes_name_the_field(tmp_path: Path, mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline_config(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_good_zones_load_in_each_unit(tmp_path: Path) -> None:
+    zones = (
+        {"name": "door", "polygon": SQUARE},  # plain pixels: configs written before units existed
+        {"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], "units": "normalized"},
+        {"name": "desk", "polygon": [[0, 0], [384, 0], [384, 576], [0, 576]], "frame_size": [768, 576]},
+    )
+    cfg = load_pipeline_config(_write(tmp_path, _with_zones(*zones)))
+    assert [(z.name, z.units, z.frame_size) for z in cfg.counting.zones] == [
+        ("door", "pixels", None), ("left", "normalized", None), ("desk", "pixels", (768, 576))
+    ]
+    again = PipelineConfig.model_validate(cfg.model_dump(mode="json"))  # headless re-validates a dump
+    assert again.counting.zones == cfg.counting.zones
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe\x00\x01garbage\x80", "not a UTF-8 text file (byte 0xff at offset 0)"),
+        (b"streams: []\n\xe9t\xe9\n", "not a UTF-8 text file (byte 0xe9 at offset 12)"),
+        (b"\x00\x01\x02", "not valid YAML: unacceptable character #x0000"),
+        (b"", "the file is empty"),
+        (b"# only a comment\n", "the file is empty"),
+        (b"- a\n- b\n", "the top level must be a mapping of keys, got list"),
+        (b"just text\n", "the top level must be a mapping of keys, got str"),
+        (b"streams: [\n", "not valid YAML: expected the node content"),
+        (b"max_frames: 3\nmax_frames: 4\n", "key 'max_frames' is given twice in one mapping at line 2"),
+        (b"models: {}\n", "3 invalid setting(s): streams: required key is missing; preprocess: required key"),
+    ],
+    ids=["binary", "latin-1", "nul-bytes", "empty", "comment-only", "list", "scalar", "syntax", "duplicate-key", "missing-keys"],
+)
+def test_unreadable_config_files_are_one_line_errors(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline_config(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory; pass the pipeline config file itself"):
+        load_pipeline_config(tmp_path)
+    with pytest.raises(ConfigError, match="is a directory; pass the log config file itself"):
+        load_log_config(tmp_path)
+
+
+def test_duplicate_keys_are_refused_at_any_depth(tmp_path: Path) -> None:
+    text = (ROOT / "config/pipeline.yaml").read_text()
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text.replace("  queue_size: 4\n", "  queue_size: 4\n  queue_size: 8\n"))
+    with pytest.raises(ConfigError, match="key 'queue_size' is given twice"):
+        load_pipeline_config(path)

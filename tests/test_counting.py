@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from config.errors import ConfigError
 from config.schema import HybridConfig, ZoneConfig
-from pipeline.counting import grid_in_polygon, hybrid_count, points_in_polygon, region_density
+from pipeline.counting import grid_in_polygon, hybrid_count, points_in_polygon, region_density, zone_polygon
 from pipeline.types import DensityMap, Detections
 
 FRAME = (1920, 1080)
@@ -156,6 +157,83 @@ def test_zone_uses_the_feet_not_the_centre() -> None:
     dets = make_detections([(100, 520), (300, 480)], h=200)  # centres at y 420 and 380, both outside
     result = hybrid_count(dets, None, FRAME, CFG, "detections", zones=[zone])
     assert result.zones == {"floor": 1.0}
+
+
+# --- zones at any resolution ------------------------------------------------------------------
+
+HALVES = {  # the left and right halves of a 768x576 frame, written three ways
+    "normalized": [
+        ZoneConfig(name="left", polygon=[(0, 0), (0.5, 0), (0.5, 1), (0, 1)], units="normalized"),
+        ZoneConfig(name="right", polygon=[(0.5, 0), (1, 0), (1, 1), (0.5, 1)], units="normalized"),
+    ],
+    "pixels with frame_size": [
+        ZoneConfig(name="left", polygon=[(0, 0), (384, 0), (384, 576), (0, 576)], frame_size=(768, 576)),
+        ZoneConfig(name="right", polygon=[(384, 0), (768, 0), (768, 576), (384, 576)], frame_size=(768, 576)),
+    ],
+}
+WHOLE = ZoneConfig(name="all", polygon=[(0, 0), (1, 0), (1, 1), (0, 1)], units="normalized")
+
+
+def people_at(frame_wh: tuple[int, int], fractions: Sequence[tuple[float, float]]) -> Detections:
+    """People standing at fractions of the frame (the same scene at any resolution)."""
+    w, h = frame_wh
+    return make_detections([(fx * w, fy * h) for fx, fy in fractions], w=0.05 * w, h=0.2 * h)
+
+
+SCENE = [(0.1, 0.5), (0.3, 0.9), (0.6, 0.4), (0.7, 0.6), (0.9, 0.95)]  # 2 left, 3 right
+
+
+@pytest.mark.parametrize("units", list(HALVES))
+@pytest.mark.parametrize("frame_wh", [(768, 576), (384, 288), (1920, 1440), (1000, 576)])
+def test_zones_follow_a_change_of_resolution(units: str, frame_wh: tuple[int, int]) -> None:
+    """One zone config, frames of several sizes: the left half counts the left half (the old pixel
+    zone made for 768x576 counted everyone at 384x288)."""
+    result = hybrid_count(people_at(frame_wh, SCENE), None, frame_wh, CFG, "detections", zones=[*HALVES[units], WHOLE])
+    assert result.zones == {"left": 2.0, "right": 3.0, "all": 5.0}
+
+
+@pytest.mark.parametrize("units", list(HALVES))
+def test_density_in_zones_follows_a_change_of_resolution(units: str) -> None:
+    for frame_wh in [(768, 576), (384, 288)]:
+        w, h = frame_wh
+        density = make_density([(0.25 * w, 0.5 * h, 10.0), (0.75 * w, 0.5 * h, 30.0)], frame_wh)
+        result = hybrid_count(people_at(frame_wh, []), density, frame_wh, CFG, "density", zones=[*HALVES[units], WHOLE])
+        assert dict(result.zones) == pytest.approx({"left": 10.0, "right": 30.0, "all": 40.0}), frame_wh
+
+
+def test_a_pixel_zone_drawn_for_a_larger_frame_is_refused() -> None:
+    """Without frame_size, a pixel zone is used as written; one that does not fit the frame is an
+    error naming the zone and the frame, not a count of the wrong area."""
+    zone = ZoneConfig(name="left", polygon=[(0, 0), (384, 0), (384, 576), (0, 576)])
+    assert hybrid_count(people_at((768, 576), SCENE), None, (768, 576), CFG, "detections", zones=[zone]).zones == {"left": 2.0}
+    with pytest.raises(ConfigError, match=r"zones 'left': polygon point \(384, 576\) lies outside the 384x288 frame.*frame_size"):
+        hybrid_count(people_at((384, 288), SCENE), None, (384, 288), CFG, "detections", zones=[zone])
+
+
+@pytest.mark.parametrize(
+    ("zone", "frame_wh", "expected"),
+    [
+        (ZoneConfig(name="z", polygon=[(0, 0), (0.5, 0), (0.5, 1)], units="normalized"), (768, 576), [(0, 0), (384, 0), (384, 576)]),
+        (ZoneConfig(name="z", polygon=[(0, 0), (384, 0), (384, 576)], frame_size=(768, 576)), (1920, 1080), [(0, 0), (960, 0), (960, 1080)]),
+        (ZoneConfig(name="z", polygon=[(0, 0), (768, 0), (768, 576)]), (768, 576), [(0, 0), (768, 0), (768, 576)]),  # on the edge: fits
+    ],
+)
+def test_zone_polygon_in_frame_pixels(zone: ZoneConfig, frame_wh: tuple[int, int], expected: list) -> None:
+    np.testing.assert_allclose(zone_polygon(zone, frame_wh), expected)
+
+
+def test_zones_to_the_frame_edge_count_people_cut_by_it() -> None:
+    """A person whose box the frame's bottom cuts stands at y == height: on the zone's edge, where
+    the even-odd rule says outside; they are counted in the zone drawn to that edge, and halves
+    that split the frame sum to the total, detections and density cells alike."""
+    frame_wh = (768, 576)
+    dets = make_detections([(100, 576), (500, 576), (767.9, 300)])
+    density = DensityMap(density=np.full((73, 97), 0.01, np.float32), stride=8)  # cells centred past both edges
+    for policy in ("detections", "density"):
+        result = hybrid_count(dets, density, frame_wh, CFG, policy, zones=[*HALVES["normalized"], WHOLE])  # type: ignore[arg-type]
+        assert result.zones["all"] == pytest.approx(result.fused), policy
+        assert result.zones["left"] + result.zones["right"] == pytest.approx(result.fused), policy
+        assert 0 < result.zones["left"] < result.fused
 
 
 L_SHAPE = [(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)]

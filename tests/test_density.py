@@ -115,3 +115,31 @@ def test_overlapping_tiles_refused() -> None:
     plan = plan_tiles(1280, 720, 640, 640, 0.2)
     with pytest.raises(ModelLoadError, match="count people twice"):
         make_adapter().decode({"out": np.zeros((plan.count, 1, 80, 80), np.float32)}, make_pre(plan))
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [(np.nan, "holds 1 NaN and 0 infinite values of 43200"), (np.inf, "holds 0 NaN and 1 infinite values"), (-np.inf, "1 infinite")],
+)
+def test_non_finite_density_names_the_model(value: float, needle: str) -> None:
+    """A NaN map would make every density count NaN, an Inf one infinite: refused, naming the model."""
+    plan = plan_grid(1800, 1000, 640, 720)
+    maps = tile_maps(plan)
+    maps[4, 0, 10, 20] = value
+    adapter = DensityAdapter(ModelConfig(path="models/csrnet_fp16.onnx", kind="density", output_stride=S))
+    with pytest.raises(ModelLoadError) as err:
+        adapter.decode({"density": maps}, make_pre(plan))
+    assert str(err.value).startswith("density model models/csrnet_fp16.onnx: output 'density' [6, 1, 90, 80] ")
+    assert needle in str(err.value)
+
+
+def test_density_output_checks_finiteness_for_every_caller() -> None:
+    """density_output is shared with the spread (rolling) density branch, which names no path."""
+    from models.density import density_output
+
+    plan = plan_grid(1800, 1000, 640, 720)
+    maps = tile_maps(plan)
+    assert density_output({"density": maps}, plan, S).shape == (6, 90, 80)
+    maps[0, 0, 0, 0] = np.nan
+    with pytest.raises(ModelLoadError, match=r"^density model: output 'density' \[6, 1, 90, 80\] holds 1 NaN"):
+        density_output({"density": maps}, plan, S)

@@ -154,3 +154,47 @@ def test_read_only_database_folder_is_refused_before_any_work(tmp_path: Path) ->
 def test_export_command_needs_an_existing_database(tmp_path: Path) -> None:
     proc = run_cli("export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "x.csv"))
     assert proc.returncode == 7 and "database not found" in proc.stderr
+
+
+def _downscaled_copy(src: Path, dst: Path, size: tuple[int, int], frames: int) -> Path:
+    """The first ``frames`` frames of ``src`` re-encoded at ``size`` (a camera set to another resolution)."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == frames:
+                break
+            out.mux(stream.encode(frame.reformat(width=size[0], height=size[1], format="yuv420p")))
+        out.mux(stream.encode(None))
+    return dst
+
+
+@needs_assets
+def test_zones_count_the_same_halves_after_a_resolution_change(tmp_path: Path) -> None:
+    """One zone config, vtest at 768x576 and at 384x288: the left half (pixels drawn on 768x576,
+    with frame_size) counts the walkers on the left, not everyone (what a plain pixel zone did at
+    384x288); the halves add up to the frame's count, and a normalized whole-frame zone equals it."""
+    zones = [
+        {"name": "left", "polygon": [[0, 0], [384, 0], [384, 576], [0, 576]], "frame_size": [768, 576]},
+        {"name": "right", "polygon": [[384, 0], [768, 0], [768, 576], [384, 576]], "frame_size": [768, 576]},
+        {"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]], "units": "normalized"},
+    ]
+    small = _downscaled_copy(VTEST, tmp_path / "vtest_384.avi", (384, 288), 3)
+    for uri in (VTEST, small):
+        run_dir = tmp_path / uri.stem
+        run_dir.mkdir()
+        cfg = write_config(run_dir, **{
+            "streams.0.uri": str(uri), "counting.zones": zones, "counting.policy": "detections",
+            "branches.yolo_tiles.enabled": False, "branches.density.enabled": False,
+        })  # fmt: skip
+        proc = run_cli("headless", "--config", str(cfg), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        with sqlite3.connect(run_dir / "people.db") as con:
+            rows = [(fused, json.loads(z)) for fused, z in con.execute("select fused_count, zones_json from frames order by frame_index")]
+        assert len(rows) == 3
+        for fused, z in rows:
+            assert z["left"] + z["right"] == z["all"] == fused, (uri.name, rows)
+            assert 0 < z["left"] < fused, (uri.name, rows)  # vtest frame 0-2: one walker left of centre, two right

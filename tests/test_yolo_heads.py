@@ -420,3 +420,119 @@ def test_real_export_layouts(name: str, head: str) -> None:
         assert any(m.any() for m in dets.masks) and not all(m.all() for m in dets.masks)
     else:
         assert dets.masks is None
+
+
+# --- non-finite outputs and class ids checked at load --------------------------------------------
+
+xps = [pytest.param("numpy", id="numpy"), pytest.param("cupy", id="cupy")]
+
+
+def _array_module(name: str):  # type: ignore[no-untyped-def]
+    return np if name == "numpy" else pytest.importorskip("cupy")
+
+
+def _spoil(a: np.ndarray, value: float, where: tuple[int, ...]) -> np.ndarray:
+    out = a.copy()
+    out[where] = value
+    return out
+
+
+V8 = make_v8_pred([(5, 200, 300, 60, 180, {0: 0.9})], 2)
+E2E = np.zeros((1, 300, 6), np.float32)
+E2E[0, 0] = (10, 10, 50, 90, 0.9, 0)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "needle"),
+    [
+        ({"output0": _spoil(V8, np.nan, (0, 0, 17))}, "output 'output0' [1, 6, 8400] holds 1 NaN and 0 infinite values of 50400"),
+        ({"output0": _spoil(V8, np.nan, (0, 4, slice(None)))}, "holds 8400 NaN"),  # every score NaN: would count 0
+        ({"output0": _spoil(V8, np.inf, (0, 2, 3))}, "holds 0 NaN and 1 infinite values"),
+        ({"output0": _spoil(V8, -np.inf, (0, 5, 3))}, "1 infinite"),
+        ({"output0": _spoil(V8, np.nan, (0, 0, 0)).astype(np.float16)}, "holds 1 NaN"),
+        ({"output0": _spoil(E2E, np.nan, (0, 7, 4))}, "output 'output0' [1, 300, 6] holds 1 NaN"),
+        ({"output0": make_v8_pred([], 2, n_coef=32), "output1": _spoil(np.zeros((1, 32, 160, 160), np.float32), np.nan, (0, 3, 9, 9))},
+         "output 'output1' [1, 32, 160, 160] holds 1 NaN"),
+    ],
+    ids=["v8-one-nan", "v8-nan-scores", "v8-inf", "v8-minus-inf", "v8-fp16", "e2e-nan", "seg-protos-nan"],
+)
+def test_non_finite_outputs_name_the_model(outputs: dict, needle: str) -> None:
+    cfg = ModelConfig(path="models/broken.onnx", kind="yolo")
+    with pytest.raises(ModelLoadError) as err:
+        YoloAdapter(cfg).decode(outputs, make_pre(plan_letterbox(640, 640, 640, 640)))
+    assert str(err.value).startswith("YOLO model models/broken.onnx: ")
+    assert needle in str(err.value)
+    assert "finite" in str(err.value)
+
+
+@pytest.mark.parametrize("xp_name", xps)
+def test_check_finite_on_each_array_module(xp_name: str) -> None:
+    """The one screen of both YOLO adapters (NumPy and the GPU's CuPy outputs)."""
+    from models.yolo import check_finite
+
+    xp = _array_module(xp_name)
+    good = xp.asarray(V8)
+    check_finite("m", "out", good)
+    check_finite("m", "out", xp.full((2, 3), 6.0e4, xp.float16))  # large but finite: no overflow in the screen
+    with pytest.raises(ModelLoadError, match=r"holds 2 NaN and 1 infinite values of 6"):
+        check_finite("m", "out", xp.asarray(np.array([[np.nan, 1, np.inf], [np.nan, 0, 2]], np.float32)))
+
+
+def _info(shapes: dict[str, tuple[int | None, ...]]) -> tuple:  # type: ignore[type-arg]
+    from pipeline.protocols import TensorInfo
+
+    return tuple(TensorInfo(name, shape, "float32") for name, shape in shapes.items())
+
+
+@pytest.mark.parametrize(
+    ("shapes", "head", "person_classes", "needle"),
+    [
+        ({"output0": (1, 5, 8400)}, "auto", [0, 1],
+         "model 'person' (x.onnx) has 1 class (ids 0..0) but person_classes is [0, 1]: [1] out of range; "
+         "set models.person.person_classes to ids in 0..0"),
+        ({"output0": (1, 6, 8400)}, "auto", [0, 2, 5], "has 2 classes (ids 0..1) but person_classes is [0, 2, 5]: [2, 5] out of range"),
+        ({"output0": (1, 84, 8400)}, "v8_detect", [80], "has 80 classes (ids 0..79)"),
+        ({"output0": (1, 37, 8400), "output1": (1, 32, 160, 160)}, "auto", [0, 1], "has 1 class (ids 0..0)"),  # seg: 4 + 1 + 32
+        ({"output0": (1, 6, 8400)}, "auto", [0, 1], None),
+        ({"output0": (None, 6, None)}, "auto", [0, 7], "has 2 classes (ids 0..1)"),  # dynamic batch and anchors
+        ({"output0": (1, 300, 6)}, "auto", [0, 7], None),  # e2e: the class is a column, no count in the shape
+    ],
+)
+def test_person_classes_checked_at_load(shapes: dict, head: str, person_classes: list[int], needle: str | None) -> None:
+    from app.build import check_model_outputs
+
+    model = ModelConfig(path="x.onnx", kind="yolo", head=head, person_classes=person_classes)  # type: ignore[arg-type]
+    if needle is None:
+        check_model_outputs("person", model, _info(shapes))
+        return
+    with pytest.raises(ModelLoadError) as err:
+        check_model_outputs("person", model, _info(shapes))
+    assert needle in str(err.value)
+
+
+def test_one_class_onnx_with_two_person_classes_fails_at_load(tmp_path: Path) -> None:
+    """A real 1-class ONNX through the real runner construction: refused before any frame."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from app.build import _make_runner
+    from config.schema import PipelineConfig
+    from pipeline.preprocess import InputSpec
+
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 640, 640])
+    out = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 8400])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [1, 5, 8400])
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0), helper.make_node("Expand", ["m", "shape"], ["output0"])]
+    model = helper.make_model(helper.make_graph(nodes, "one_class", [inp], [out], initializer=[shape]),
+                              opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+    model.ir_version = 8
+    path = tmp_path / "one_class.onnx"
+    onnx.save(model, path)
+    cfg = PipelineConfig.model_validate({
+        "streams": [{"uri": "synthetic://640x480"}],
+        "models": {"fall": {"path": str(path), "kind": "yolo", "person_classes": [0, 1]}},
+        "preprocess": {"g": {"kind": "letterbox"}},
+        "branches": {"g": {"model": "fall", "input": "g"}},
+    })  # fmt: skip
+    with pytest.raises(ModelLoadError, match=r"model 'fall' \(.*one_class.onnx\) has 1 class \(ids 0..0\) but person_classes is \[0, 1\]"):
+        _make_runner(cfg, "g", "fall", InputSpec("g", "letterbox", 640, 640))
