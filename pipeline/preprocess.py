@@ -218,35 +218,121 @@ def _axis_samples(n_out: int, pad: int, content: int, scale: float, origin: floa
     return lo, hi, w, inside
 
 
-def preprocess_numpy(frame: Frame, spec: InputSpec, plan: PreprocessPlan | None = None) -> PreprocessOutput:
-    """Build the (N, 3, H, W) tensor of ``spec`` for ``frame`` (host arrays)."""
+def _content_range(n_out: int, pad: int, content: int, scale: float, origin: float, limit: int) -> tuple[int, int]:
+    """[a, b): the tensor pixels along one axis that show the frame (the rest is padding); the
+    ``inside`` mask of :func:`_axis_samples` as a range (it is one interval)."""
+    _, _, _, inside = _axis_samples(n_out, pad, content, scale, origin, limit)
+    idx = np.flatnonzero(inside)
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
+
+
+def _normalised_lut(spec: InputSpec) -> NDArray[np.float32]:
+    """(3, 256): ``(v / 255 - mean) * inv_std`` of every uint8 value, per channel, with the float32
+    operations of the general path (so a uint8 frame gives the same bits either way)."""
+    v = np.arange(256, dtype=np.float32)[None, :]
+    mean = np.array(spec.mean, np.float32)[:, None]
+    inv_std = (1.0 / np.array(spec.std, np.float32))[:, None]
+    return ((v / np.float32(255.0) - mean) * inv_std).astype(np.float32)
+
+
+def _normalise_chw(rgb: NDArray[np.generic], spec: InputSpec, lut: NDArray[np.float32] | None) -> NDArray[np.float32]:
+    """(H, W, 3) uint8 or float RGB 0..255 -> (3, H, W) float32 normalised, whole array at once."""
+    if rgb.dtype == np.uint8 and lut is not None:
+        return np.stack([lut[c][rgb[..., c]] for c in range(3)])
+    img = rgb.astype(np.float32, copy=False).transpose(2, 0, 1)
+    mean = np.array(spec.mean, np.float32)[:, None, None]
+    inv_std = (1.0 / np.array(spec.std, np.float32))[:, None, None]
+    return ((img / np.float32(255.0) - mean) * inv_std).astype(np.float32, copy=False)
+
+
+def _is_crop(plan: PreprocessPlan) -> bool:
+    """Scale 1 and integer origins: every tensor pixel is one frame pixel (tiles, grid)."""
+    return plan.scale == (1.0, 1.0) and bool(np.all(np.mod(plan.origins, 1.0) == 0.0))
+
+
+def _frame_pixels(frame: Frame) -> NDArray[np.generic]:
+    """(H, W, 3) RGB 0..255 of a host frame: the uint8 image of an RGB frame as it is (the LUT
+    path normalises it), the float conversion of an NV12 frame."""
+    if frame.device == "cpu" and frame.layout == "rgb" and frame.image.dtype == np.uint8:
+        return frame.image
+    return frame_rgb_float(frame)
+
+
+def preprocess_numpy(
+    frame: Frame, spec: InputSpec, plan: PreprocessPlan | None = None, *, lut: NDArray[np.float32] | None = None
+) -> PreprocessOutput:
+    """Build the (N, 3, H, W) tensor of ``spec`` for ``frame`` (host arrays).
+
+    Whole-array NumPy, no per-pixel Python: crops (tiles, grid) normalise the part of the frame
+    the plan covers once, in CHW, and slice every tensor out of it; the letterbox resamples the
+    content rectangle only (gathering each needed source row once). ``lut``: the
+    :func:`_normalised_lut` of ``spec`` (a :class:`NumpyPreprocessor` keeps it; made here if
+    None). The values are those of the per-tile formula in the module docstring, bit for bit."""
     width, height = frame.meta.width, frame.meta.height
     plan = plan or spec.plan(width, height)
-    rgb = frame_rgb_float(frame)
+    src = _frame_pixels(frame)
+    if lut is None and src.dtype == np.uint8:
+        lut = _normalised_lut(spec)
     out_w, out_h = plan.out_wh
-    mean = np.array(spec.mean, np.float32)
-    inv_std = 1.0 / np.array(spec.std, np.float32)
-    pad_val = spec.pad_normalised()
     tensor = np.empty((plan.count, 3, out_h, out_w), np.float32)
     sx, sy = plan.scale
     px, py = plan.pad
+    rects = []
     for i in range(plan.count):
         ox, oy = plan.origins[i]
         cw, ch = plan.content_wh[i]
-        x0, x1, wx, in_x = _axis_samples(out_w, px, int(cw), sx, ox, width)
-        y0, y1, wy, in_y = _axis_samples(out_h, py, int(ch), sy, oy, height)
-        img: NDArray[np.floating]
-        if sx == 1.0 and sy == 1.0 and float(ox).is_integer() and float(oy).is_integer():
-            img = rgb[y0][:, x0]  # exact crop: weights are zero
-        else:
-            top = rgb[y0][:, x0] * (1 - wx)[None, :, None] + rgb[y0][:, x1] * wx[None, :, None]
-            bot = rgb[y1][:, x0] * (1 - wx)[None, :, None] + rgb[y1][:, x1] * wx[None, :, None]
-            img = top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
-        norm = (img / np.float32(255.0) - mean) * inv_std
-        valid = in_y[:, None] & in_x[None, :]
-        norm = np.where(valid[..., None], norm, pad_val)
-        tensor[i] = norm.transpose(2, 0, 1)
+        xa, xb = _content_range(out_w, px, int(cw), sx, ox, width)
+        ya, yb = _content_range(out_h, py, int(ch), sy, oy, height)
+        rects.append((xa, xb, ya, yb))
+        if (xa, xb, ya, yb) != (0, out_w, 0, out_h):
+            tensor[i] = spec.pad_normalised()[:, None, None]  # the content is written over it below
+    if plan.count and _is_crop(plan):
+        # frame pixel of tensor pixel u is u - pad + origin: the union of the crops, normalised once
+        fx = [(int(plan.origins[i][0]) + xa - px, int(plan.origins[i][0]) + xb - px) for i, (xa, xb, _, _) in enumerate(rects)]
+        fy = [(int(plan.origins[i][1]) + ya - py, int(plan.origins[i][1]) + yb - py) for i, (_, _, ya, yb) in enumerate(rects)]
+        x_lo, x_hi = min(a for a, _ in fx), max(b for _, b in fx)
+        y_lo, y_hi = min(a for a, _ in fy), max(b for _, b in fy)
+        if x_hi > x_lo and y_hi > y_lo:
+            norm = _normalise_chw(src[y_lo:y_hi, x_lo:x_hi], spec, lut)
+            for i, (xa, xb, ya, yb) in enumerate(rects):
+                if xb > xa and yb > ya:
+                    (fxa, fxb), (fya, fyb) = fx[i], fy[i]
+                    tensor[i, :, ya:yb, xa:xb] = norm[:, fya - y_lo : fyb - y_lo, fxa - x_lo : fxb - x_lo]
+    else:
+        for i, (xa, xb, ya, yb) in enumerate(rects):
+            if xb > xa and yb > ya:
+                tensor[i, :, ya:yb, xa:xb] = _resample(src, spec, lut, plan, i, (xa, xb, ya, yb))
     return PreprocessOutput(spec_name=spec.name, tensor=tensor.astype(spec.dtype, copy=False), plan=plan)
+
+
+def _resample(
+    src: NDArray[np.generic], spec: InputSpec, lut: NDArray[np.float32] | None, plan: PreprocessPlan, i: int,
+    rect: tuple[int, int, int, int],
+) -> NDArray[np.float32]:
+    """(3, yb-ya, xb-xa) bilinear samples of tensor ``i``'s content rectangle, normalised: the
+    reference formula (columns blended on the low and the high source row, then the rows), each
+    needed source row gathered once, in uint8 when the frame is uint8."""
+    width, height = plan.frame_wh
+    out_w, out_h = plan.out_wh
+    ox, oy = plan.origins[i]
+    cw, ch = plan.content_wh[i]
+    x0, x1, wx, _ = _axis_samples(out_w, plan.pad[0], int(cw), plan.scale[0], ox, width)
+    y0, y1, wy, _ = _axis_samples(out_h, plan.pad[1], int(ch), plan.scale[1], oy, height)
+    xa, xb, ya, yb = rect
+    x0, x1, wx = x0[xa:xb], x1[xa:xb], wx[xa:xb]
+    y0, y1, wy = y0[ya:yb], y1[ya:yb], wy[ya:yb]
+    rows = np.unique(np.concatenate([y0, y1]))
+    picked = src[rows]  # (R, W, 3), only the rows the samples read
+    where0, where1 = np.searchsorted(rows, y0), np.searchsorted(rows, y1)
+    cols0, cols1 = picked[:, x0].astype(np.float32), picked[:, x1].astype(np.float32)  # (R, w, 3)
+    ax, bx = (1 - wx)[None, :, None], wx[None, :, None]
+    blended = cols0 * ax + cols1 * bx  # per source row, columns blended
+    top, bot = blended[where0], blended[where1]
+    img = top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
+    mean = np.array(spec.mean, np.float32)
+    inv_std = 1.0 / np.array(spec.std, np.float32)
+    norm = (img / np.float32(255.0) - mean) * inv_std
+    return np.ascontiguousarray(norm.transpose(2, 0, 1), dtype=np.float32)
 
 
 class NumpyPreprocessor:
@@ -255,10 +341,11 @@ class NumpyPreprocessor:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self._plans: dict[tuple[int, int], PreprocessPlan] = {}
+        self._lut = _normalised_lut(spec)
 
     def run(self, frame: Frame) -> PreprocessOutput:
         key = (frame.meta.width, frame.meta.height)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self.spec.plan(*key)
-        return preprocess_numpy(frame, self.spec, plan)
+        return preprocess_numpy(frame, self.spec, plan, lut=self._lut)

@@ -94,3 +94,65 @@ def test_nv12_frame_preprocesses_like_its_rgb_conversion() -> None:
         a = preprocess_numpy(f_nv12, spec).tensor
         b = preprocess_numpy(make_frame(w, h, image=rgb.round().clip(0, 255).astype(np.uint8)), spec).tensor
         assert np.abs(a - b).max() < 0.5 / 255 + 1e-6  # differ only by the rounding of b's RGB
+
+
+# --- whole-array preprocessing against the per-tile reference (issue 13) ---------------------------
+
+
+def _reference_preprocess(frame: Frame, spec: InputSpec) -> np.ndarray:
+    """The per-tile loop the vectorised ``preprocess_numpy`` replaced, kept here as the oracle."""
+    from pipeline.preprocess import _axis_samples, frame_rgb_float
+
+    width, height = frame.meta.width, frame.meta.height
+    plan = spec.plan(width, height)
+    rgb = frame_rgb_float(frame)
+    out_w, out_h = plan.out_wh
+    mean = np.array(spec.mean, np.float32)
+    inv_std = 1.0 / np.array(spec.std, np.float32)
+    pad_val = spec.pad_normalised()
+    tensor = np.empty((plan.count, 3, out_h, out_w), np.float32)
+    sx, sy = plan.scale
+    px, py = plan.pad
+    for i in range(plan.count):
+        ox, oy = plan.origins[i]
+        cw, ch = plan.content_wh[i]
+        x0, x1, wx, in_x = _axis_samples(out_w, px, int(cw), sx, ox, width)
+        y0, y1, wy, in_y = _axis_samples(out_h, py, int(ch), sy, oy, height)
+        if sx == 1.0 and sy == 1.0 and float(ox).is_integer() and float(oy).is_integer():
+            img = rgb[y0][:, x0]
+        else:
+            top = rgb[y0][:, x0] * (1 - wx)[None, :, None] + rgb[y0][:, x1] * wx[None, :, None]
+            bot = rgb[y1][:, x0] * (1 - wx)[None, :, None] + rgb[y1][:, x1] * wx[None, :, None]
+            img = top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
+        norm = (img / np.float32(255.0) - mean) * inv_std
+        valid = in_y[:, None] & in_x[None, :]
+        tensor[i] = np.where(valid[..., None], norm, pad_val).transpose(2, 0, 1)
+    return tensor.astype(spec.dtype, copy=False)
+
+
+def _nv12_frame(w: int, h: int, seed: int) -> Frame:
+    img = np.random.default_rng(seed).integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    return Frame(FrameMeta("t", 0, 0.0, 0.0, w, h), img, layout="nv12")
+
+
+@pytest.mark.parametrize("spec", [YOLO, TILES, DENSITY, dataclasses.replace(DENSITY, phase=(2, 5))], ids=lambda s: f"{s.kind}{s.phase or ''}")
+@pytest.mark.parametrize(("w", "h"), [(3840, 2160), (1282, 722), (768, 576), (500, 300)])
+@pytest.mark.parametrize("layout", ["rgb", "nv12"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_whole_array_preprocess_is_bitwise_the_per_tile_reference(spec: InputSpec, w: int, h: int, layout: str, dtype: str) -> None:
+    spec = dataclasses.replace(spec, dtype=dtype)
+    frame = make_frame(w, h, seed=w + h) if layout == "rgb" else _nv12_frame(w, h, seed=w + h)
+    got = preprocess_numpy(frame, spec).tensor
+    ref = _reference_preprocess(frame, spec)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert np.array_equal(got, ref), f"max abs difference {np.abs(got.astype(np.float32) - ref.astype(np.float32)).max()}"
+
+
+def test_preprocessor_reuses_its_lut_and_plan_with_the_same_result() -> None:
+    from pipeline.preprocess import NumpyPreprocessor
+
+    frame = make_frame(1282, 722, seed=5)
+    pre = NumpyPreprocessor(DENSITY)
+    first, second = pre.run(frame).tensor, pre.run(frame).tensor
+    assert np.array_equal(first, second)
+    assert np.array_equal(first, _reference_preprocess(frame, DENSITY))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import onnx
 import pytest
@@ -31,21 +31,27 @@ def test_missing_tensorrt_names_the_backend_switch(monkeypatch: pytest.MonkeyPat
         TensorRTBackend("model.onnx")
 
 
-def _cfg(tmp_path: Path, static_batch: bool = False) -> SimpleNamespace:
-    from config.schema import InputSpecConfig
+def _cfg(tmp_path: Path, static_batch: bool = False) -> Any:
+    """A real PipelineConfig (validated like a YAML file) on tiny ONNX files."""
+    from config.schema import PipelineConfig
 
     det = tiny_onnx(tmp_path / "det.onnx", 1 if static_batch else "batch")
     dens = tiny_onnx(tmp_path / "dens.onnx", "batch", 720, 640)
-    branch = lambda m, i: SimpleNamespace(model=m, input=i, enabled=True)  # noqa: E731
-    return SimpleNamespace(
-        models={"person": SimpleNamespace(path=str(det)), "density": SimpleNamespace(path=str(dens))},
-        preprocess={
-            "yolo_global": InputSpecConfig(kind="letterbox"),
-            "yolo_tiles": InputSpecConfig(kind="tiles", overlap=0.2),
-            "density": InputSpecConfig(kind="grid", width=640, height=720),
+    return PipelineConfig.model_validate({
+        "streams": [{"uri": "synthetic://3840x2160?frames=1", "decoder": "synthetic"}],
+        "models": {"person": {"path": str(det), "kind": "yolo"}, "density": {"path": str(dens), "kind": "density"}},
+        "backend": {"name": "tensorrt", "device": "gpu"},
+        "preprocess": {
+            "yolo_global": {"kind": "letterbox"},
+            "yolo_tiles": {"kind": "tiles", "overlap": 0.2},
+            "density": {"kind": "grid", "width": 640, "height": 720},
         },
-        branches={"g": branch("person", "yolo_global"), "t": branch("person", "yolo_tiles"), "d": branch("density", "density")},
-    )
+        "branches": {
+            "g": {"model": "person", "input": "yolo_global"},
+            "t": {"model": "person", "input": "yolo_tiles"},
+            "d": {"model": "density", "input": "density"},
+        },
+    })
 
 
 def test_recipes_cover_global_plus_tiles_and_the_density_grid(tmp_path: Path) -> None:
@@ -80,3 +86,53 @@ def test_sidecar_mismatch_means_rebuild(tmp_path: Path) -> None:
     assert not is_current(engine, sidecar(recipe, "10.13.0", "NVIDIA GeForce RTX 5060 Ti"))
     tiny_onnx(Path(recipe.onnx), "batch", 320, 320)  # the ONNX changed
     assert not is_current(engine, sidecar(recipe, "10.13.0", "NVIDIA H200"))
+
+
+# --- recipes on the shipped config files (typed PipelineConfig, every branch layout) ------------
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = ["config/pipeline.yaml", "config/gpu.yaml", "config/tensorrt.yaml"]
+
+
+def _shipped(name: str, one_call: bool = False) -> Any:
+    from config.loader import load_pipeline_config
+
+    cfg = load_pipeline_config(REPO / name)
+    missing = [m.path for m in cfg.models.values() if not (REPO / m.path).is_file()]
+    if missing:
+        pytest.skip(f"{missing} missing: run `python main.py fetch-assets` (make assets)")
+    data = cfg.model_dump(mode="json")
+    for m in data["models"].values():
+        m["path"] = str(REPO / m["path"])
+    if one_call:
+        data["branches"] = {
+            "yolo": {"model": "person", "input": ["yolo_global", "yolo_tiles"]},
+            "density": data["branches"]["density"],
+        }
+    return type(cfg).model_validate(data)
+
+
+@pytest.mark.parametrize("one_call", [False, True], ids=["two-branches", "one-call"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_recipes_of_the_shipped_configs(name: str, one_call: bool) -> None:
+    from models.engine_build import recipes
+
+    cfg = _shipped(name, one_call)
+    by_model = {r.model: r for r in recipes(cfg, "fp16", (3840, 2160))}
+    assert set(by_model) == {"person", "density"}
+    person, density = by_model["person"], by_model["density"]
+    # the demo detector is written batch-dynamic by the setup: frame + 32 tiles in one profile
+    assert person.min_shape == (1, 3, 640, 640) and person.max_shape == (33, 3, 640, 640)
+    assert person.specs == ("yolo_global", "yolo_tiles")
+    assert person.input_name == "images"
+    assert density.max_shape == (18, 3, 720, 640) and density.specs == ("density",)
+
+
+def test_recipes_take_a_typed_config() -> None:
+    import inspect
+
+    from config.schema import PipelineConfig
+    from models.engine_build import build_engines, recipes
+
+    for fn in (recipes, build_engines):
+        assert inspect.signature(fn, eval_str=True).parameters["cfg"].annotation is PipelineConfig
