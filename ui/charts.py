@@ -441,5 +441,6 @@ class TelemetryCharts(QWidget):
         for chart in self.charts:
             chart.clear()
         self._states.clear()
+        self._state_bars.setVisible(False)
         self._last_index = None
         self._dirty = False

@@ -1,0 +1,96 @@
+"""Screenshots of the operator window in its main states, on the real demo (run by docs/screenshots.sh).
+
+Drives the window as an operator would (open vtest, pause, a missing file, history, zones) and
+saves each state to docs/img/*.png, scaled to 1280 px wide.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QApplication
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.gui import GuiSession  # noqa: E402
+from ui.bridge import RunState  # noqa: E402
+from ui.window import MainWindow  # noqa: E402
+
+OUT = ROOT / "docs/img"
+VTEST = ROOT / ".cache/assets/video/vtest.avi"
+
+
+def wait(app: QApplication, cond, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the window did not reach the expected state")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def pause_for(app: QApplication, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def shot(app: QApplication, win: MainWindow, name: str) -> None:
+    pause_for(app, 0.5)
+    image = win.grab().toImage().scaledToWidth(1280, Qt.TransformationMode.SmoothTransformation)
+    image.save(str(OUT / f"{name}.png"), "PNG", 60)
+    print(f"docs/img/{name}.png")
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="pc-shots-"))
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
+    data = yaml.safe_load((ROOT / "config/laptop.yaml").read_text())
+    data["storage"]["db_path"] = str(tmp / "shots.db")
+    cfg = tmp / "laptop.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    app = QApplication(sys.argv[:1])
+    session = GuiSession()
+    win = MainWindow(session, None, "people-counter")
+    win._config_path = str(cfg)
+    win._load_branches(str(cfg))
+    win.resize(1600, 950)
+    win.show()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    win.open_source(str(VTEST))
+    wait(app, lambda: session.sink is not None and session.sink.stats.written >= 40)
+    shot(app, win, "running")
+    win.pause()
+    wait(app, lambda: session.status.state is RunState.PAUSED)
+    shot(app, win, "paused")
+    win.resume()
+    win.zones_action.trigger()
+    win.zones.add_zone([(0.45, 0.35), (0.8, 0.35), (0.8, 0.75), (0.45, 0.75)], name="crossing")
+    win.zones.add_zone([(0.05, 0.55), (0.35, 0.55), (0.35, 0.95), (0.05, 0.95)], name="lawn")
+    pause_for(app, 3.0)
+    shot(app, win, "zones")
+    win.zones_action.trigger()
+    win.zones.set_zones([])
+    win.stop_action.trigger()
+    wait(app, lambda: session.idle)
+    win.open_source(str(tmp / "camera-archive" / "entrance.mp4"))
+    wait(app, lambda: session.status.state is RunState.FAILED)
+    shot(app, win, "source_error")
+    win.history_action.trigger()
+    wait(app, lambda: bool(win.history.rows) and win.history.series is not None and not win.history.loading)
+    shot(app, win, "history")
+    win.close()
+    wait(app, lambda: not win.isVisible(), 10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
