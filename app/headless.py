@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from app.build import gpu_ring_depth, make_branches, make_counter, make_source, warm_up_branches
 from config import load_pipeline_config
-from config.errors import AppError, StageError
+from config.errors import AppError, ConfigError, StageError
 from config.schema import PipelineConfig
 from pipeline.orchestrator import Orchestrator
 from pipeline.sources import is_network_uri as is_live
@@ -43,13 +45,17 @@ def load_config_with_overrides(args: argparse.Namespace) -> PipelineConfig:
         data["streams"][0]["uri"] = args.source
     if getattr(args, "realtime", False):
         data["streams"][0]["realtime"] = True
-    if getattr(args, "max_frames", None):
+    if getattr(args, "max_frames", None) is not None:
         data["max_frames"] = args.max_frames
     if getattr(args, "fusion", None) and isinstance(args.fusion, str):
         data["fusion"]["strategy"] = args.fusion
     if getattr(args, "db", None):
         data["storage"]["db_path"] = args.db
-    return PipelineConfig.model_validate(data)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{args.config} with the command line's options: {problems}") from None
 
 
 def versions() -> dict[str, str]:

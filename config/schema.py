@@ -268,7 +268,14 @@ class CountingConfig(_Strict):
 class FusionConfig(_Strict):
     strategy: FusionStrategyName = Field(FusionStrategyName.ASYNC_OVERLAY, description="Initial fusion strategy.")
     strict_sync_timeout_ms: float = Field(500.0, gt=0, description="STRICT_SYNC publishes a frame as partial after this wait.")
-    queue_size: int = Field(4, ge=1, description="Bound of every inter-thread queue.")
+    queue_size: int = Field(4, ge=1, description="Bound of every inter-thread queue (files read as fast as possible).")
+    live_queue_size: int = Field(
+        1,
+        ge=1,
+        description="Branch queue bound for live sources and realtime files: a frame that finds a branch queue full "
+        "is dropped for all its branches; a short queue keeps a slow branch on recent frames (latency <= about "
+        "(live_queue_size + 1) x the branch's time).",
+    )
     stall_timeout_s: float = Field(30.0, gt=0, description="Watchdog: a branch silent this long is reported stalled.")
     max_count_age_ms: float = Field(
         2000.0,

@@ -47,7 +47,10 @@ log = logging.getLogger("people_counter.inference")
 def failed_result(branch: str, frame: Frame, timings: dict[str, float], exc: Exception) -> BranchResult:
     """The result of a branch that failed on one frame: logged with its traceback, and carried to
     fusion as ``error`` (the frame is still published; the next frame is tried again)."""
-    log.exception("branch %s failed on frame %d", branch, frame.meta.frame_index)
+    if "terminate flag" in str(exc):  # cancelled by a stop (ONNX Runtime's RunOptions.terminate)
+        log.info("branch %s: run on frame %d cancelled (stopping)", branch, frame.meta.frame_index)
+    else:
+        log.exception("branch %s failed on frame %d", branch, frame.meta.frame_index)
     return BranchResult(
         frame=frame.meta, branch=branch, timings=timings, done_ts=time.perf_counter(),
         error=f"{type(exc).__name__}: {exc}",

@@ -35,7 +35,7 @@ class GpuYoloAdapter:
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> Detections:
         s = self.settings
-        head, pred, protos = select_outputs(outputs, pre, s.head)
+        head, pred, protos = select_outputs(outputs, pre, s.head, s.model)
         if head.startswith("v8"):
             small = compact_v8(pred, person_rows(s.person_classes, pred.shape, protos is not None), s.score_threshold)
         else:

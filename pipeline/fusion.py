@@ -321,7 +321,11 @@ class FusionState:
     def _finalize(self, p: _Pending, now: float) -> _Finalized:
         idx = p.meta.frame_index
         used, missing = self._set_of(p)
-        dets, density, counts = self._combine(used, p.meta, missing)
+        try:
+            dets, density, counts = self._combine(used, p.meta, missing)
+        except Exception as exc:
+            exc.frame_index = idx  # type: ignore[attr-defined]  # for the orchestrator's failure report
+            raise
         start = min(p.result_ts.values()) if p.result_ts else p.arrived_ts
         work: list[BranchTimings] = []
         for kept in self._results.values():

@@ -186,7 +186,11 @@ class _Ports(Protocol):
 
     def put_inbox(self, item: _FrameItem | BranchResult) -> bool: ...
 
-    def try_enqueue(self, branch: str, frame: Frame) -> bool: ...
+    def has_room(self, branch: str) -> bool: ...
+
+    def enqueue_now(self, branch: str, frame: Frame) -> None: ...
+
+    def count_drop(self, branch: str, frame: Frame, reason: str) -> None: ...
 
     def wait_enqueue(self, branch: str, frame: Frame) -> bool: ...
 
@@ -210,22 +214,29 @@ def _let_go(frame: Frame, n: int) -> None:
 
 
 class DropWhenFull:
-    """Live sources: a due branch whose queue is full does not get the frame (a counted drop);
-    fusion gets the frame with the branches that took it and those that dropped it."""
+    """Live sources and realtime files: a frame goes to all its due branches or to none. When a
+    due branch's queue is full, the frame is dropped for every due branch (counted per branch:
+    ``<branch>:queue_full`` for the full one, ``<branch>:frame_skipped`` for the others), since a
+    frame some branch never sees cannot be counted; the branches keep working on the same frames,
+    so the frames they take come out complete. Fusion gets every frame, with the branches that
+    took it or the ones it was dropped for. Queues hold ``fusion.live_queue_size`` frames (1 by
+    default), so a slow branch works on a recent frame instead of falling further behind."""
 
     threaded = True
 
     def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
-        taken = []
-        for b in due:
+        full = [b.name for b in due if not ports.has_room(b.name)]
+        if full:
+            for b in due:
+                ports.count_drop(b.name, frame, "queue_full" if b.name in full else "frame_skipped")
+            accepted: tuple[str, ...] = ()
+            dropped = tuple(b.name for b in due)
+        else:
             if frame.lease is not None:
-                frame.lease.hold(1)
-            if ports.try_enqueue(b.name, frame):
-                taken.append(b.name)
-            else:
-                _let_go(frame, 1)
-        accepted = tuple(taken)
-        dropped = tuple(b.name for b in due if b.name not in accepted)
+                frame.lease.hold(len(due))
+            for b in due:  # the worker is the queues' only producer: the room it saw is still there
+                ports.enqueue_now(b.name, frame)
+            accepted, dropped = tuple(b.name for b in due), ()
         timings = replace(item.timings, queue_depths=ports.queue_depths())
         return ports.put_inbox(replace(item, scheduled=accepted, dropped=dropped, timings=timings))
 
@@ -325,7 +336,7 @@ class Orchestrator:
             rates={b.name: b.every_n_frames for b in branches},
         )
         self._queues: dict[str, queue.Queue[Any]] = (
-            {b.name: queue.Queue(maxsize=cfg.queue_size) for b in branches} if self._policy.threaded else {}
+            {b.name: queue.Queue(maxsize=self._queue_size(cfg)) for b in branches} if self._policy.threaded else {}
         )
         # Holds what the worker and the branches hand to fusion; bounded, and sized so that it
         # only fills when fusion or a sink falls behind (then the producers wait).
@@ -353,6 +364,9 @@ class Orchestrator:
         self._failed_sinks: set[int] = set()
         self._threads: list[threading.Thread] = []
         self._fusion_thread: threading.Thread | None = None
+
+    def _queue_size(self, cfg: FusionConfig) -> int:
+        return cfg.live_queue_size if isinstance(self._policy, DropWhenFull) else cfg.queue_size
 
     # ---------------------------------------------------------------- public API
 
@@ -539,24 +553,25 @@ class Orchestrator:
             self._fail(f"branch {branch.name}", exc, frame.meta.frame_index)
             return None
 
-    def try_enqueue(self, branch: str, frame: Frame) -> bool:
-        try:
-            self._queues[branch].put_nowait(frame)
-            return True
-        except queue.Full:
-            pass
+    def has_room(self, branch: str) -> bool:
+        return not self._queues[branch].full()
+
+    def enqueue_now(self, branch: str, frame: Frame) -> None:
+        self._queues[branch].put_nowait(frame)
+
+    def count_drop(self, branch: str, frame: Frame, reason: str) -> None:
         with self._lock:
-            key = f"{branch}:queue_full"
+            key = f"{branch}:{reason}"
             self._drops[key] += 1
             n = self._drops[key]
         idx = frame.meta.frame_index
+        why = "queue full" if reason == "queue_full" else "another branch's queue was full"
         if n == 1 or n % _DROP_EVENT_EVERY == 0:
-            message = f"frame {idx} dropped for branch {branch}: queue full ({n} so far)"
+            message = f"frame {idx} dropped for branch {branch}: {why} ({n} so far)"
             log.warning(message)
-            self._emit_event("drop", message, idx, {"branch": branch, "reason": "queue_full", "count": n})
+            self._emit_event("drop", message, idx, {"branch": branch, "reason": reason, "count": n})
         else:
-            log.debug("frame %d dropped for branch %s: queue full (%d so far)", idx, branch, n)
-        return False
+            log.debug("frame %d dropped for branch %s: %s (%d so far)", idx, branch, why, n)
 
     def _put(self, q: queue.Queue[Any], item: Any) -> bool:
         """Put, waiting for room while the run goes on; False once it is stopping."""
@@ -751,6 +766,7 @@ class Orchestrator:
     # ---------------------------------------------------------------- failures and the watchdog
 
     def _fail(self, stage: str, exc: BaseException, frame_index: int | None) -> None:
+        frame_index = getattr(exc, "frame_index", frame_index)  # fusion knows the frame it was counting
         where = "" if frame_index is None else f" on frame {frame_index}"
         message = f"{stage} failed{where}: {type(exc).__name__}: {exc}"
         with self._lock:
@@ -767,7 +783,8 @@ class Orchestrator:
                 self._failed_stage = stage
                 self._state = "FAILED"
         if first:
-            log.error("%s; stopping the pipeline", message, exc_info=exc)
+            # An AppError's message says what is wrong and how to fix it: no traceback for it.
+            log.error("%s; stopping the pipeline", message, exc_info=None if isinstance(exc, AppError) else exc)
             self._emit_event("error", message, frame_index, {"stage": stage, "error": type(exc).__name__})
         else:
             log.warning("after the first failure: %s", message)

@@ -209,18 +209,9 @@ def test_bad_input_gives_its_exit_code_and_one_error_line(outcome: tuple[Case, s
     assert "Traceback" not in proc.stdout
 
 
-RUN_TIME = [name for name, c in CASES.items() if c.phase == "run"]
 
 
-@pytest.mark.parametrize(
-    "outcome",
-    [pytest.param(name, marks=pytest.mark.xfail(
-        strict=True,
-        reason="pipeline/orchestrator.py _fail logs an AppError with exc_info, and models/branch.py failed_result logs the "
-        "branches cancelled by the stop with log.exception: their tracebacks reach stderr (fix outside this test's files)",
-    )) if name in RUN_TIME else name for name in CASES],
-    indirect=True,
-)  # fmt: skip
+@pytest.mark.parametrize("outcome", list(CASES), indirect=True)
 def test_bad_input_prints_no_traceback(outcome: tuple[Case, subprocess.CompletedProcess[str]]) -> None:
     _, proc = outcome
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
