@@ -67,9 +67,10 @@ class FrameCounter:
         """The counter of the config's enabled branches."""
         return cls(cfg.counting, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
 
-    def __call__(
-        self, results: Mapping[str, BranchResult], frame: FrameMeta, missing: Mapping[str, str] | None = None
-    ) -> tuple[Detections, DensityMap | None, CountResult]:
+    def merge(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None]:
+        """The branches' detections merged (global and tiles, IoS over the tiles' rectangles) and
+        the density map: what the window draws. Stateless; ASYNC_OVERLAY calls it on the newest
+        results of every branch (``pipeline.protocols.MergeFn``)."""
         global_parts: list[Detections] = []
         tile_parts: list[Detections] = []
         rects: list[np.ndarray] = []
@@ -96,9 +97,18 @@ class FrameCounter:
                 rects.append(res.tile_rects)
         frame_wh = (frame.width, frame.height)
         tile_rects = np.concatenate(rects) if rects else np.zeros((0, 4), np.float32)
+        merged = merge_detections(
+            Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, self.counting.merge
+        )
+        return merged, density
+
+    def __call__(
+        self, results: Mapping[str, BranchResult], frame: FrameMeta, missing: Mapping[str, str] | None = None
+    ) -> tuple[Detections, DensityMap | None, CountResult]:
+        """The counting of one finalized frame (fusion calls it once per frame, in frame order)."""
+        merged, density = self.merge(results, frame)
         c = self.counting
-        merged = merge_detections(Detections.merge(global_parts), Detections.merge(tile_parts), tile_rects, frame_wh, c.merge)
-        counts = hybrid_count(merged, density, frame_wh, c.hybrid, c.policy, zones=c.zones)
+        counts = hybrid_count(merged, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)
         if missing:
             counts = self._with_missing(counts, missing)
         return merged, density, counts

@@ -81,7 +81,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from config.schema import FusionConfig, FusionStrategyName
-from pipeline.protocols import CombineFn
+from pipeline.protocols import CombineFn, MergeFn
 from pipeline.types import (
     BranchResult,
     BranchTimings,
@@ -464,8 +464,8 @@ class StrictSync:
     owes_frame = True
     owes_metadata = False
 
-    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
-        del cfg, combine
+    def __init__(self, cfg: FusionConfig, combine: CombineFn, merge: MergeFn | None = None) -> None:
+        del cfg, combine, merge
 
     def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]:
         return []
@@ -482,8 +482,9 @@ class AsyncOverlay:
     owes_frame = False
     owes_metadata = False
 
-    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
+    def __init__(self, cfg: FusionConfig, combine: CombineFn, merge: MergeFn | None = None) -> None:
         self._combine = combine
+        self._merge: MergeFn = merge if merge is not None else (lambda r, f: combine(r, f, {})[:2])
         self._max_age_ms = cfg.max_count_age_ms
         # combine() of the newest results, keyed by (branch, frame) of each: recomputed only when
         # a newer result arrived, not per published frame.
@@ -518,7 +519,7 @@ class AsyncOverlay:
         latest = {b: r for b, (r, _) in state.latest.items()}
         key = tuple(sorted((b, r.frame.frame_index) for b, r in latest.items()))
         if key != self._overlay_key:
-            dets, density, _ = self._combine(latest, p.meta, {})
+            dets, density = self._merge(latest, p.meta)
             self._overlay, self._overlay_key = (dets, density), key
         overlays = _overlays(latest, now)
         counts, counts_frame, age_ms = self._counts(state, p.meta, now)
@@ -554,8 +555,8 @@ class RawStreamWithMetadata:
     owes_frame = False
     owes_metadata = True
 
-    def __init__(self, cfg: FusionConfig, combine: CombineFn) -> None:
-        del cfg, combine
+    def __init__(self, cfg: FusionConfig, combine: CombineFn, merge: MergeFn | None = None) -> None:
+        del cfg, combine, merge
 
     def on_frame(self, state: FusionState, p: _Pending, now: float) -> list[Published]:
         return [_raw_result(p, now)]
@@ -569,7 +570,7 @@ class RawStreamWithMetadata:
         return out
 
 
-StrategyFactory = Callable[[FusionConfig, CombineFn], FusionStrategy]
+StrategyFactory = Callable[[FusionConfig, CombineFn, MergeFn | None], FusionStrategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     FusionStrategyName.STRICT_SYNC.value: StrictSync,
@@ -597,7 +598,9 @@ class Fusion:
     frames the old one had already published are not published again, frames it still owed are
     published by the new one, and owed metadata is published whatever the strategy. So every frame
     passed to ``on_frame`` is published exactly once, in frame order, across any sequence of
-    switches. ``rates`` maps each branch to its ``every_n_frames``.
+    switches. ``rates`` maps each branch to its ``every_n_frames``. ``combine`` counts each
+    finalized frame once, in frame order; ``merge`` (default: ``combine.merge`` when it has one)
+    makes ASYNC_OVERLAY's overlays without counting.
     """
 
     def __init__(
@@ -607,13 +610,15 @@ class Fusion:
         cfg: FusionConfig,
         clock: Clock = time.perf_counter,
         rates: Mapping[str, int] | None = None,
+        merge: MergeFn | None = None,
     ) -> None:
         self._combine = combine
+        self._merge = merge if merge is not None else getattr(combine, "merge", None)
         self._cfg = cfg
         self._clock = clock
         self._lock = threading.Lock()
         self.state = FusionState(combine, cfg.strict_sync_timeout_ms, rates)
-        self._current: FusionStrategy = STRATEGIES[strategy_name(strategy)](cfg, combine)
+        self._current: FusionStrategy = STRATEGIES[strategy_name(strategy)](cfg, combine, self._merge)
 
     @property
     def name(self) -> str:
@@ -669,7 +674,7 @@ class Fusion:
             old = self._current
             if key == old.name:
                 return []
-            new = STRATEGIES[key](self._cfg, self._combine)
+            new = STRATEGIES[key](self._cfg, self._combine, self._merge)
             out = new.take_over(self.state, self._clock())
             self._current = new
         log.info(

@@ -34,6 +34,13 @@ when a missing branch is one the count needs. Fusion knows no model; the counter
 """
 
 
+MergeFn = Callable[[Mapping[str, BranchResult], FrameMeta], tuple[Detections, DensityMap | None]]
+"""``merge(results, frame) -> (detections, density)``: what the window draws of a set of results,
+without counting (ASYNC_OVERLAY's overlays of each branch's newest result). Stateless; the counter's
+``merge`` method. Counting (``CombineFn``) happens once per finalized frame, in frame order, so a
+counter may keep state over time (tracks, calibration)."""
+
+
 @runtime_checkable
 class FrameSource(Protocol):
     """Yields decoded frames; a context manager that owns the decoder.
