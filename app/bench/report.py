@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from app.bench.model_only import model_gaps
 from app.bench.scenarios import RunResult
 from app.headless import versions
 from config.schema import PipelineConfig
@@ -173,10 +174,21 @@ def _branch_info(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def build_report(
-    cfg: PipelineConfig, args: argparse.Namespace, results: Sequence[RunResult], machine: Mapping[str, Any] | None = None
+    cfg: PipelineConfig,
+    args: argparse.Namespace,
+    results: Sequence[RunResult],
+    machine: Mapping[str, Any] | None = None,
+    *,
+    model_only: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole ``report.json`` (strict JSON: NaN and inf become null) from the runs of one bench."""
+    """The whole ``report.json`` (strict JSON: NaN and inf become null) from the runs of one bench.
+
+    ``model_only``: per branch, its model alone at the branch's batch (:mod:`app.bench.model_only`);
+    each pipeline run then carries ``model_gap`` (pipeline inference p50 vs the model alone)."""
     runs = {r.key: run_to_json(cfg, r) for r in results}
+    for run in runs.values():
+        if model_only and run["mode"] != "preprocess":
+            run["model_gap"] = model_gaps(run, model_only)
     m = dict(machine or machine_info(cfg))
     with contextlib.suppress(AttributeError, OSError):
         m["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -192,6 +204,7 @@ def build_report(
         "branches": _branch_info(cfg),
         "fusion": {"strict_sync_timeout_ms": cfg.fusion.strict_sync_timeout_ms, "queue_size": cfg.fusion.queue_size},
         "runs": runs,
+        "model_only": dict(model_only or {}),
         "comparisons": comparisons(runs, _branch_info(cfg)),
     })
 
@@ -223,6 +236,20 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{k:<{w0}}  {fmt(r['fps']):>7}  {fmt(r['end_to_end_p50_ms'], 1):>10}  {fmt(r['end_to_end_p95_ms'], 1):>10}  "
             f"{r['partial_frames'] if r['mode'] != 'preprocess' else '-':>7}  {drops if r['mode'] != 'preprocess' else '-'}"
+        )
+    for name, m in (report.get("model_only") or {}).items():
+        if m.get("error"):
+            lines.append(f"model alone, {name}: {m['error']}")
+            continue
+        calls = f" x {m['calls']} calls" if m.get("calls", 1) > 1 else ""
+        gaps = "; ".join(
+            f"{k}: pipeline {fmt(g['pipeline_p50_ms'], 1)} ms, gap {fmt(g['gap_ms'], 1)} ms ({fmt(g['ratio'])}x)"
+            for k, r in runs.items()
+            if (g := (r.get("model_gap") or {}).get(name))
+        )
+        lines.append(
+            f"model alone, {name}: batch {m['batch']} as {m['shape'][0]}{calls}, p50 {fmt(m['per_run_p50_ms'], 1)} ms "
+            f"per run (n={m['n']})" + (f"  | {gaps}" if gaps else "")
         )
     for c in report["comparisons"]["overlapped_vs_sequential"]:
         lines.append(

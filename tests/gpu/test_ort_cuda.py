@@ -12,7 +12,8 @@ from pipeline.types import Frame, FrameMeta
 from tests.gpu.conftest import asset
 
 DETECTOR = (".devcarry/m/person_yolov8s.onnx", ".cache/assets/models/person_yolov8s.onnx")
-SEG = (".devcarry/m/yolo26n-seg.onnx", ".cache/models/yolo26n-seg.onnx")
+# the last candidate is written by the setup: the demo detector, batch-dynamic, with a seeded seg head
+SEG = (".devcarry/m/yolo26n-seg.onnx", ".cache/models/yolo26n-seg.onnx", ".cache/assets/models/person_yolov8s.seg.dyn.onnx")
 
 
 @pytest.fixture(scope="module")
