@@ -16,7 +16,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from PySide6.QtCore import QSocketNotifier
+from PySide6.QtCore import QEventLoop, QSocketNotifier
 from PySide6.QtWidgets import QApplication
 
 from ui.bridge import RunRequest
@@ -91,12 +91,24 @@ def run_window(controller: Controller, request: RunRequest | None, title: str = 
     if existing is not None and not isinstance(existing, QApplication):
         raise RuntimeError(f"a {type(existing).__name__} exists; the window needs a QApplication")
     qt_app = existing if existing is not None else QApplication(sys.argv[:1])
-    qt_app.setApplicationName("people-counter")
     window = MainWindow(controller, request, title)
-    window.closed.connect(qt_app.quit)
     with SignalBridge(window.request_close) as signals:
         window.show()
-        code = int(qt_app.exec())
+        if existing is None:
+            qt_app.setApplicationName("people-counter")
+            window.closed.connect(qt_app.quit)
+            code = int(qt_app.exec())
+        else:
+            # Someone else's application (a test, an embedding app): a loop of our own, so that
+            # closing this window does not quit theirs.
+            loop = QEventLoop()
+            window.closed.connect(loop.quit)
+            quit_on_close = qt_app.quitOnLastWindowClosed()
+            qt_app.setQuitOnLastWindowClosed(False)
+            try:
+                code = int(loop.exec())
+            finally:
+                qt_app.setQuitOnLastWindowClosed(quit_on_close)
     if window.isVisible():
         window.close()
     return signals.exit_code if signals.exit_code is not None else code
