@@ -265,6 +265,103 @@ class CountingConfig(_Strict):
         return self
 
 
+class LineConfig(_Strict):
+    """A counting line: a segment from ``a`` to ``b`` and which side of it is "in".
+
+    ``in_side`` is the side on the left or right hand of someone walking from ``a`` to ``b`` on the
+    image as shown (x right, y down): for ``a`` at the bottom and ``b`` at the top of a vertical
+    line, ``left`` is the screen's left. A track's feet (box bottom-centre) crossing into
+    ``in_side`` count one "in", crossing out of it one "out". Points are frame pixels
+    (``units: pixels``) or fractions 0..1 of the frame's width and height (``units: normalized``);
+    a pixel line with ``frame_size`` is scaled to the frame when the stream's resolution differs.
+    """
+
+    name: str = Field(..., min_length=1, description="Line name shown with its in/out counts; unique among the lines.")
+    a: tuple[float, float] = Field(..., description="First end [x, y], in `units`.")
+    b: tuple[float, float] = Field(..., description="Second end [x, y], in `units`.")
+    in_side: Literal["left", "right"] = Field(
+        "left", description="Side that is 'in', as seen walking from a to b on the image (x right, y down)."
+    )
+    units: Literal["pixels", "normalized"] = Field(
+        "pixels", description="pixels: frame pixels; normalized: fractions 0..1 of the frame width and height."
+    )
+    frame_size: tuple[int, int] | None = Field(
+        None,
+        description="pixels only: [width, height] of the frame the line was drawn on; at another resolution the line "
+        "is scaled to the frame. null: used as written.",
+    )
+
+    @model_validator(mode="after")
+    def _check_line(self) -> LineConfig:
+        if not all(math.isfinite(v) for v in (*self.a, *self.b)):
+            raise ValueError(f"line {self.name!r}: a and b must be finite numbers; got {list(self.a)}, {list(self.b)}")
+        if self.a == self.b:
+            raise ValueError(f"line {self.name!r}: a and b are the same point {list(self.a)}; a line needs two")
+        if self.units == "normalized":
+            if self.frame_size is not None:
+                raise ValueError(f"line {self.name!r}: frame_size is for units: pixels; a normalized line fits any frame")
+            outside = [list(p) for p in (self.a, self.b) if not (0 <= p[0] <= 1 and 0 <= p[1] <= 1)]
+            if outside:
+                raise ValueError(f"line {self.name!r}: points {outside} lie outside 0..1 (normalized units)")
+        elif self.frame_size is not None and min(self.frame_size) <= 0:
+            raise ValueError(f"line {self.name!r}: frame_size {list(self.frame_size)} must be positive [width, height]")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """People over time: tracks of the merged detections (ByteTrack), counts from confirmed tracks,
+    static objects, line crossings, zone occupancy and dwell (``pipeline.tracking``)."""
+
+    enabled: bool = Field(True, description="Track the merged detections and count from confirmed tracks.")
+    min_confirm_frames: int = Field(
+        3, ge=1, description="A track counts once it has been matched in this many frames (a one-frame false positive never counts)."
+    )
+    miss_hold_frames: int = Field(
+        2, ge=0, description="A confirmed track missed for up to this many frames still counts (a one-frame miss does not drop the count)."
+    )
+    lost_track_s: float = Field(
+        3.0, gt=0, description="A track unmatched this long (seconds of stream time) is ended; matched again before, it keeps its id."
+    )
+    match_threshold: float = Field(
+        0.8, gt=0, le=1, description="ByteTrack's largest matching cost (1 - IoU, fused with the score) of a track and a detection."
+    )
+    activation_score: float = Field(
+        0.25, ge=0, le=1,
+        description="ByteTrack's track_activation_threshold: detections at or above it start and extend tracks "
+        "(new tracks need 0.1 more); those in 0.1..it only extend existing tracks.",
+    )
+    static_after_s: float = Field(
+        8.0, gt=0, description="A track whose centre stays within static_max_motion for this long (seconds) is static: not counted."
+    )
+    static_max_motion: float = Field(
+        0.3, gt=0,
+        description="Largest extent of a static track's centre motion over static_after_s, as a fraction of its box "
+        "diagonal (a walker covers many diagonals in that time; the cloth's box jitters by 0.1-0.2 when people pass).",
+    )
+    static_allow: list[ZoneConfig] = Field(
+        default_factory=list,
+        description="Polygons where a static track still counts (a queue, a desk): a person standing still there is a person.",
+    )
+    exclude: list[ZoneConfig] = Field(
+        default_factory=list,
+        description="Polygons where nothing counts: a track whose feet are inside is left out of counts, lines and zones.",
+    )
+    lines: list[LineConfig] = Field(default_factory=list, description="Counting lines with in/out counts.")
+    line_hysteresis: float = Field(
+        0.1, ge=0,
+        description="Feet within this distance of a line, as a fraction of the box height, are on neither side (jitter on the line counts no crossing).",
+    )
+    trail_length: int = Field(30, ge=1, description="Recent centres kept per track (the trail drawn behind it).")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> TrackingConfig:
+        names = [line.name for line in self.lines]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"lines named {twice} more than once: their counts would merge; give each line its own name")
+        return self
+
+
 class FusionConfig(_Strict):
     strategy: FusionStrategyName = Field(FusionStrategyName.ASYNC_OVERLAY, description="Initial fusion strategy.")
     strict_sync_timeout_ms: float = Field(500.0, gt=0, description="STRICT_SYNC publishes a frame as partial after this wait.")
@@ -302,6 +399,7 @@ class PipelineConfig(_Strict):
     preprocess: dict[str, InputSpecConfig] = Field(..., description="Model input specs by name.")
     branches: dict[str, BranchConfig] = Field(..., min_length=1, description="Model branches by name.")
     counting: CountingConfig = Field(default_factory=CountingConfig, description="Counting.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="People over time: tracks, lines, dwell.")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="Fusion.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Storage.")
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Telemetry.")
