@@ -22,8 +22,8 @@ from pipeline.sources import ignore_event
 WARMUP_RUNS = 2
 """Runs of each branch on the first frame after loading, before any scenario (besides each run's warm-up frames)."""
 MODEL_ONLY_ITERS = {"cpu": 1, "gpu": 20}
-"""Timed calls of each model alone after the runs (CPU: a 4K detector batch takes seconds, and the
-session is warm from the runs already)."""
+"""Timed calls of each model alone, after the warm-up and before the runs (CPU: a 4K detector
+batch takes seconds, and the session is warm already)."""
 
 
 def _frame_size(cfg: PipelineConfig) -> tuple[int, int]:
@@ -81,6 +81,10 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if branches:
             print(f"bench: warming up {len(branches)} branch(es) ...", file=sys.stderr, flush=True)
             warm_up_branches(cfg, branches, WARMUP_RUNS)
+            # before the runs: a run's stop cancels its branches' sessions (RunOptions.terminate)
+            print("bench: each model alone on random input of its branch's batch ...", file=sys.stderr, flush=True)
+            device = cfg.backend.device
+            model = model_only(cfg, branches, _frame_size(cfg), iters=MODEL_ONLY_ITERS[device], warmup=int(device == "gpu"))
         if "preprocess" in scenarios:
             print(f"bench: preprocess, {frames} frames ...", file=sys.stderr, flush=True)
             results.append(run_preprocess(cfg, frames, warmup))
@@ -90,10 +94,6 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 results.append(
                     run_pipeline_bench(cfg, branches, strat, sequential=scen == "sequential", frames=frames, warmup=warmup)
                 )
-        if branches:
-            print("bench: each model alone on random input of its branch's batch ...", file=sys.stderr, flush=True)
-            device = cfg.backend.device
-            model = model_only(cfg, branches, _frame_size(cfg), iters=MODEL_ONLY_ITERS[device], warmup=int(device == "gpu"))
     finally:
         for b in branches:
             b.close()
