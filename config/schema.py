@@ -165,14 +165,75 @@ class BranchConfig(_Strict):
     )
 
 
+class DensityCalibrationConfig(_Strict):
+    """How the raw density map becomes people (``pipeline.density_calibration``): background removed,
+    then scaled by a fit against the detections where detection is reliable, online, per region."""
+
+    enabled: bool = Field(True, description="Calibrate the density map; off: the raw map (clamped at 0) is counted as it is.")
+    min_contrast: float = Field(
+        2.0, ge=0,
+        description="Cells whose 3x3-cell neighbourhood has no cell with a grey-level std (0..255) above this are flat "
+        "(a blank wall, a canvas): density 0 there. 0: off.",
+    )
+    static_frames: int = Field(
+        3, ge=1,
+        description="A cell whose density did not change and held no detection over this many density frames is "
+        "background: its density is learnt as the floor subtracted from it.",
+    )
+    change_tolerance: float = Field(
+        0.5, ge=0,
+        description="Relative change of a cell's density (3x3 cells, against the previous density frame) below which it did not change.",
+    )
+    background_rate: float = Field(
+        0.5, gt=0, le=1, description="Weight of a new static frame in a cell's background floor (a running mean)."
+    )
+    min_box_height_px: float = Field(
+        100.0, gt=0,
+        description="Detections are reliable where people are this tall or taller (median box height of a region): only "
+        "there are they used to fit the density scale.",
+    )
+    max_reliable_people_per_mpx: float = Field(
+        60.0, gt=0, description="...and where the region holds at most this many detections per megapixel (sparse)."
+    )
+    window: int = Field(
+        512, ge=8, description="Region samples (detections vs density) kept for the fit, newest first (bounded memory)."
+    )
+    min_samples: int = Field(
+        8, ge=1, description="Samples a fit needs; a region with fewer uses the global fit, and with fewer globally the prior."
+    )
+    prior_scale: float = Field(
+        1.0, gt=0,
+        description="People per unit of foreground density before any fit (the model as trained: CSRNet's weights are "
+        "for dense crowds of small people, where it is about right).",
+    )
+    scale_range: tuple[float, float] = Field(
+        (0.05, 5.0), description="A fitted scale is clipped to [low, high] (a degenerate fit never zeroes or explodes the map)."
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> DensityCalibrationConfig:
+        lo, hi = self.scale_range
+        if not 0 < lo <= self.prior_scale <= hi:
+            raise ValueError(f"scale_range {list(self.scale_range)} must be positive and hold prior_scale {self.prior_scale}")
+        return self
+
+
 class HybridConfig(_Strict):
     region_rows: int = Field(3, ge=1, description="Rows of the region grid the hybrid count decides on.")
     region_cols: int = Field(6, ge=1, description="Columns of the region grid.")
     dense_people_per_mpx: float = Field(
-        150.0, gt=0, description="A region whose density integral exceeds this many people per megapixel counts by density (CSRNet overcounts sparse scenes 3-5x, so keep this high)."
+        20.0, gt=0, description="A region whose (calibrated) density integral exceeds this many people per megapixel may count by density..."
     )
     min_density_people: float = Field(
-        3.0, ge=0, description="...and whose density integral is at least this many people (avoids noise in empty regions)."
+        3.0, ge=0, description="...and whose density integral is at least this many people (avoids noise in empty regions)..."
+    )
+    saturation_ratio: float = Field(
+        1.5, ge=1,
+        description="...and at least this many times its detections: density counts only where detection saturates "
+        "(where the two agree, the detections count).",
+    )
+    calibration: DensityCalibrationConfig = Field(
+        default_factory=DensityCalibrationConfig, description="Density calibration: background floor and online scale fit."
     )
 
 

@@ -11,6 +11,13 @@ output cell, s = ``ModelConfig.output_stride``, times ``ModelConfig.density_scal
   ``round(s / scale)`` pixels, each output cell's mass split by area overlap (sum-preserving);
   cells wholly in the letterbox padding are dropped.
 - ``tiles`` plans (overlapping) are refused: overlapping tiles would count people twice.
+
+The map is clamped at 0 (:func:`density_output`): CSRNet's last layer is a plain 1x1 convolution
+with no ReLU, and its negative cells (measured: -20 "people" on a 4K frame of 25-38 px people)
+would cancel real people elsewhere. Beside the map, the adapter measures each cell's *contrast* (the
+std of its grey levels, 0..255, from the tensor the model saw): a flat cell cannot hold a person,
+and ``pipeline.density_calibration`` zeroes the density of flat areas (CSRNet gives 0.016 people
+per cell on flat grey: 2,100 phantom people on a flat 4K frame).
 """
 
 from __future__ import annotations
@@ -24,17 +31,18 @@ from numpy.typing import NDArray
 
 from config.errors import ModelLoadError
 from config.schema import ModelConfig
+from models.csrnet_onnx import CSRNET_STD_RGB
 from models.yolo import check_finite
 from pipeline.geometry import PreprocessPlan
 from pipeline.types import DensityMap, PreprocessOutput
 
-__all__ = ["DensityAdapter", "density_output", "resample_letterbox", "stitch_grid"]
+__all__ = ["DensityAdapter", "cell_contrast", "density_output", "resample_letterbox", "stitch_grid"]
 
 
 def density_output(
     outputs: Mapping[str, Any], plan: PreprocessPlan, stride: int, model: str = "density model"
 ) -> NDArray[np.float32]:
-    """The single model output as (N, h, w) float32 host array, checked against the plan.
+    """The single model output as (N, h, w) float32 host array, checked against the plan, clamped at 0.
 
     Expected (N, 1, H//s, W//s) or (N, H//s, W//s) with N = ``plan.count`` and (W, H) =
     ``plan.out_wh``, every value finite. Raises ``ModelLoadError`` naming ``model``, the output,
@@ -55,7 +63,28 @@ def density_output(
             f"(or {list(want)}) for {plan.count} tensors of {w}x{h} at stride {stride}"
         )
     check_finite(model, name, arr)
-    return arr.reshape(want).astype(np.float32)
+    # ReLU in post-processing: a density below 0 is no count (CSRNet's output layer has no ReLU).
+    return np.maximum(arr.reshape(want).astype(np.float32), np.float32(0))
+
+
+def _to_host(a: Any) -> NDArray[np.float32]:
+    return np.asarray(a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a, np.float32)
+
+
+def cell_contrast(tensor: Any, stride: int, std: tuple[float, float, float] = CSRNET_STD_RGB) -> NDArray[np.float32]:
+    """(N, H//s, W//s) float32 host array: std of the grey level (0..255) of each s x s cell.
+
+    ``tensor`` (N, 3, H, W) NumPy or CuPy, normalised as ``(x / 255 - mean) / std`` per channel
+    (``std`` of the input spec); the grey level is the mean of the de-normalised channels. Works on
+    the device for a CuPy tensor (array methods only) and copies the small result to the host.
+    """
+    n, _, h, w = tensor.shape
+    hs, ws = h // stride, w // stride
+    t = tensor[:, :, : hs * stride, : ws * stride]
+    # the mean each channel lost is a constant: it does not change a std
+    grey = (t[:, 0].astype("float32") * std[0] + t[:, 1].astype("float32") * std[1] + t[:, 2].astype("float32") * std[2]) * (255.0 / 3.0)
+    cells = grey.reshape(n, hs, stride, ws, stride)
+    return _to_host(cells.std(axis=(2, 4)))
 
 
 def stitch_grid(maps: NDArray[np.float32], plan: PreprocessPlan, stride: int) -> NDArray[np.float32]:
@@ -117,16 +146,19 @@ def resample_letterbox(dmap: NDArray[np.float32], plan: PreprocessPlan, stride: 
 class DensityAdapter:
     """``decode(outputs, pre) -> DensityMap`` for a density CNN (CSRNet) on a grid or letterbox plan."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, input_std: tuple[float, float, float] = CSRNET_STD_RGB) -> None:
         self.stride = cfg.output_stride
         self.scale = cfg.density_scale
         self.model = f"density model {cfg.path}"
+        self.input_std = input_std
+        """The input spec's std, to read grey levels back from the tensor (contrast)."""
 
     def decode(self, outputs: Mapping[str, Any], pre: PreprocessOutput) -> DensityMap:
         plan = pre.plan
         maps = density_output(outputs, plan, self.stride, self.model) * np.float32(self.scale)
         if plan.kind == "grid":
-            return DensityMap(density=stitch_grid(maps, plan, self.stride), stride=self.stride)
+            contrast = stitch_grid(cell_contrast(pre.tensor, self.stride, self.input_std), plan, self.stride)
+            return DensityMap(density=stitch_grid(maps, plan, self.stride), stride=self.stride, contrast=contrast)
         if plan.kind == "letterbox":
             frame_map, out_stride = resample_letterbox(maps[0], plan, self.stride)
             return DensityMap(density=frame_map, stride=out_stride)

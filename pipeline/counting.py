@@ -401,9 +401,11 @@ def hybrid_count(
     """Counts of one frame from merged detections and an optional density map.
 
     The frame is split into ``cfg.region_rows x cfg.region_cols`` equal regions. Per region,
-    K = detections whose box centre is inside, D = density integral. Policy ``hybrid``: a region
-    counts by density when ``D >= min_density_people`` and ``D`` per megapixel of the region
-    ``>= dense_people_per_mpx``, else by K; fused = sum of region counts. Policy ``detections``:
+    K = detections whose box centre is inside, D = density integral (of the calibrated map:
+    ``pipeline.density_calibration``). Policy ``hybrid``: a region counts by density when
+    ``D >= min_density_people``, ``D`` per megapixel of the region ``>= dense_people_per_mpx`` and
+    ``D >= saturation_ratio * K`` (detection saturates: where the two agree the detections count),
+    else by K; fused = sum of region counts. Policy ``detections``:
     fused = len(dets), every region by K. Policy ``density``: fused = density count, every region
     by D. Without a density map, ``density`` and ``hybrid`` fall back to detections and say so in
     ``CountResult.policy``: ``"<policy>(density unavailable)->detections"``; ``density`` is None.
@@ -427,7 +429,9 @@ def hybrid_count(
         dense = {
             "detections": np.zeros((rows, cols), bool),
             "density": np.ones((rows, cols), bool),
-            "hybrid": (d >= cfg.min_density_people) & (d / region_mpx >= cfg.dense_people_per_mpx),
+            "hybrid": (d >= cfg.min_density_people)
+            & (d / region_mpx >= cfg.dense_people_per_mpx)
+            & (d >= cfg.saturation_ratio * k),
         }[policy]
     region_counts = np.where(dense, d, k).astype(np.float32)
     region_source = dense.astype(np.int8)

@@ -15,6 +15,7 @@ import numpy as np
 
 from config.schema import CountingConfig, PipelineConfig
 from pipeline.counting import hybrid_count, merge_detections
+from pipeline.density_calibration import DensityCalibrator
 from pipeline.types import (
     GLOBAL_SOURCE,
     BranchResult,
@@ -61,6 +62,13 @@ class FrameCounter:
 
     counting: CountingConfig
     roles: Mapping[str, Role]
+    calibrator: DensityCalibrator | None = None
+    """Turns the raw density map into people over time (``counting.hybrid.calibration``); made
+    here when None and calibration is on. The map :meth:`__call__` returns is the calibrated one."""
+
+    def __post_init__(self) -> None:
+        if self.calibrator is None and self.counting.hybrid.calibration.enabled:
+            object.__setattr__(self, "calibrator", DensityCalibrator(self.counting.hybrid))
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> FrameCounter:
@@ -108,9 +116,16 @@ class FrameCounter:
         """The counting of one finalized frame (fusion calls it once per frame, in frame order)."""
         merged, density = self.merge(results, frame)
         c = self.counting
+        calibration = None
+        if density is not None and self.calibrator is not None:
+            # learn only from a map and detections of this very frame, all present
+            fresh = all(r.frame.frame_index == frame.frame_index for n, r in results.items() if n in self.roles)
+            calibrated = self.calibrator(density, merged, (frame.width, frame.height), learn=fresh and not missing)
+            density, calibration = calibrated.density, calibrated.calibration
         counts = hybrid_count(merged, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)
+        counts = replace(counts, calibration=calibration)
         if missing:
-            counts = self._with_missing(counts, missing)
+            counts = replace(self._with_missing(counts, missing), calibration=calibration)
         return merged, density, counts
 
     def _with_missing(self, counts: CountResult, missing: Mapping[str, str]) -> CountResult:

@@ -188,8 +188,14 @@ class DensityMap:
     density: NDArray[np.float32]
     stride: int
 
+    contrast: NDArray[np.float32] | None = None
+    """(H', W') float32 or None: std of the grey level (0..255) of each cell's pixels (0 past the
+    frame edge); a flat cell cannot hold a person. None where the branch did not measure it."""
+
     def __post_init__(self) -> None:
         _check_shape("DensityMap.density", self.density, (None, None))
+        if self.contrast is not None and self.contrast.shape != self.density.shape:
+            raise ValueError(f"DensityMap.contrast: expected shape {self.density.shape}, got {self.contrast.shape}")
         if self.stride <= 0:
             raise ValueError(f"DensityMap.stride: expected a positive int, got {self.stride}")
 
@@ -206,6 +212,38 @@ class DensityMap:
         r0 = int(np.clip(np.ceil(y0 / s - 0.5), 0, h))
         r1 = int(np.clip(np.ceil(y1 / s - 0.5), 0, h))
         return float(self.density[r0:r1, c0:c1].sum(dtype=np.float64))
+
+
+@dataclass(frozen=True, slots=True)
+class DensityCalibration:
+    """The density calibration in force for one frame (``pipeline.density_calibration``).
+
+    People = ``scale`` x foreground density + ``offset`` per region, where the foreground is the raw
+    map clamped at 0, less the learnt background floor, with flat cells zeroed. ``scale`` and
+    ``offset`` are the global fit (per-region scales are ``region_scale``, (rows, cols) float32, the
+    hybrid's regions). ``source`` says where the global figures come from: ``"fit"`` (``samples``
+    region samples of reliable detections, of ``frames`` density frames) or ``"prior"`` (too few
+    samples: the configured prior scale). ``background`` and ``flat`` are the raw people removed
+    this frame as learnt background and as flat cells; ``raw`` the raw integral (clamped at 0).
+    """
+
+    scale: float
+    offset: float
+    samples: int
+    frames: int
+    source: str
+    raw: float
+    background: float
+    flat: float
+    region_scale: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "scale": self.scale, "offset": self.offset, "samples": self.samples, "frames": self.frames,
+            "source": self.source, "raw": self.raw, "background": self.background, "flat": self.flat,
+            "region_scale": self.region_scale.tolist(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +267,9 @@ class CountResult:
     region_source: NDArray[np.int8] = field(default_factory=lambda: np.zeros((0, 0), np.int8))
     zones: Mapping[str, float | None] = field(default_factory=dict)
     unknown_reason: str | None = None
+    calibration: DensityCalibration | None = None
+    """How ``density`` was made from the raw map (None: no density map, or calibration off, and
+    then ``density`` is the raw integral clamped at 0)."""
 
     def __post_init__(self) -> None:
         if self.region_counts.shape != self.region_source.shape:
@@ -525,6 +566,7 @@ def counts_to_dict(c: CountResult) -> dict[str, Any]:
         "region_counts": c.region_counts.tolist(),
         "region_source": c.region_source.tolist(),
         "zones": dict(c.zones),
+        "calibration": None if c.calibration is None else c.calibration.to_dict(),
     }
 
 

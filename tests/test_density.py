@@ -143,3 +143,20 @@ def test_density_output_checks_finiteness_for_every_caller() -> None:
     maps[0, 0, 0, 0] = np.nan
     with pytest.raises(ModelLoadError, match=r"^density model: output 'density' \[6, 1, 90, 80\] holds 1 NaN"):
         density_output({"density": maps}, plan, S)
+
+
+def test_negative_density_is_clamped_and_cell_contrast_is_measured() -> None:
+    """CSRNet's output layer has no ReLU: a negative cell is no count. Contrast: grey-level std per cell."""
+    plan = plan_grid(1280, 720, 640, 720)
+    maps = np.full((2, 1, 90, 80), -0.01, np.float32)
+    maps[0, 0, 0, 0] = 1.0
+    grey = np.full((2, 720, 640), 100.0, np.float32)
+    grey[0, :8, :8] = np.tile([[90.0, 110.0], [110.0, 90.0]], (4, 4))  # cell (0, 0): std 10
+    std = (0.229, 0.224, 0.225)
+    tensor = np.stack([(grey / 255 - m) / s for m, s in zip((0.485, 0.456, 0.406), std, strict=True)], axis=1)
+    pre = PreprocessOutput(spec_name="density", tensor=tensor.astype(np.float32), plan=plan)
+    dmap = make_adapter().decode({"density": maps}, pre)
+    assert dmap.density.min() == 0.0 and dmap.count == pytest.approx(1.0)
+    assert dmap.contrast is not None and dmap.contrast.shape == dmap.density.shape
+    assert dmap.contrast[0, 0] == pytest.approx(10.0, rel=1e-3)
+    assert dmap.contrast.sum() == pytest.approx(10.0, abs=0.05)  # every other cell is flat (float rounding)
