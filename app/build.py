@@ -236,9 +236,10 @@ def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[Tens
         )
 
 
-def make_counter(cfg: PipelineConfig) -> FrameCounter:
-    """The fusion's ``combine`` for ``cfg``: :meth:`pipeline.frame_counter.FrameCounter.from_config`."""
-    return FrameCounter.from_config(cfg)
+def make_counter(cfg: PipelineConfig, frame_rate: float | None = None) -> FrameCounter:
+    """The fusion's ``combine`` for ``cfg`` (:meth:`pipeline.frame_counter.FrameCounter.from_config`):
+    a new one per run and stream, since its tracker keeps state; ``frame_rate``: the stream's."""
+    return FrameCounter.from_config(cfg, frame_rate)
 
 
 def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:

@@ -282,7 +282,7 @@ def _run(
         orch = Orchestrator(
             source,
             branches,
-            make_counter(cfg),
+            make_counter(cfg, getattr(source, "fps", None)),
             cfg.fusion,
             sinks=(writer, summary_sink, *extra_sinks),
             max_frames=cfg.max_frames,

@@ -105,7 +105,9 @@ class OnnxRuntimeConfig(_Strict):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers in order, e.g. [CUDAExecutionProvider] on a GPU.",
     )
-    intra_op_threads: int = Field(0, ge=0, description="CPU threads per session (0: ONNX Runtime decides).")
+    intra_op_threads: int = Field(
+        0, ge=0, description="CPU threads per session (0: the cores split over the enabled branches, app.build.intra_op_threads)."
+    )
 
 
 class TensorRTConfig(_Strict):
@@ -430,9 +432,9 @@ class FusionConfig(_Strict):
     live_queue_size: int = Field(
         1,
         ge=1,
-        description="Branch queue bound for live sources and realtime files: a frame that finds a branch queue full "
-        "is dropped for all its branches; a short queue keeps a slow branch on recent frames (latency <= about "
-        "(live_queue_size + 1) x the branch's time).",
+        description="Branch queue bound for live sources and realtime files: when a branch's queue is full, the "
+        "frame it queued (not started) is dropped for the newest; a short queue keeps a slow branch on recent frames "
+        "(latency <= about (live_queue_size + 1) x the branch's time).",
     )
     stall_timeout_s: float = Field(30.0, gt=0, description="Watchdog: a branch silent this long is reported stalled.")
     max_count_age_ms: float = Field(

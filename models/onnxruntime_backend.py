@@ -197,25 +197,16 @@ def _rtx_session_options(ort: Any, providers: list[str]) -> Any:
     return session_options_for_rtx(devices)
 
 
-def _cuda_stream(device_id: int, priority: str, handle: int | None) -> tuple[Any, bool]:
-    """(stream, whether the binding takes the session's creation-time stream).
-
-    A given ``handle`` is wrapped (not owned); otherwise ``models.ort_cuda.make_stream`` makes one
-    of ``priority`` before the session exists. The second value is whether ``models.ort_cuda``
-    has that API (``make_stream``, and a ``CudaBinding`` that keeps a session already created on
-    its stream instead of re-setting the providers with the CPU EP behind CUDA). Without it
-    (``(stream or None, False)``) the old path runs: the binding re-sets the providers, so the
-    stream and options cannot be given at creation and CPU fallback cannot be switched off."""
+def _cuda_stream(device_id: int, priority: str, handle: int | None) -> Any:
+    """The stream a GPU session is created with: a given ``handle`` wrapped (not owned), else a
+    stream of ``priority`` made for this backend (``models.ort_cuda.make_stream``)."""
     from models import ort_cuda
 
-    make_stream = getattr(ort_cuda, "make_stream", None)
     if handle is not None:
         import cupy
 
-        return cupy.cuda.ExternalStream(int(handle), device_id), make_stream is not None
-    if make_stream is None:
-        return None, False
-    return make_stream(device_id, priority), True
+        return cupy.cuda.ExternalStream(int(handle), device_id)
+    return ort_cuda.make_stream(device_id, priority)
 
 
 class OnnxRuntimeBackend:
@@ -247,19 +238,12 @@ class OnnxRuntimeBackend:
         providers = providers or (["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"])
         stream = None
         provider_options: dict[str, dict[str, str]] = {}
-        creation_stream = False
         if device == "gpu" and "CUDAExecutionProvider" in providers:
-            stream, creation_stream = _cuda_stream(device_id, stream_priority, stream_handle)
-            opts = cuda_provider_options(device_id, int(stream.ptr) if creation_stream else None)
+            stream = _cuda_stream(device_id, stream_priority, stream_handle)
+            opts = cuda_provider_options(device_id, int(stream.ptr))
             opts.update(cuda_options or {})
             provider_options["CUDAExecutionProvider"] = opts
-        # Until models.ort_cuda.CudaBinding takes the session's creation-time stream (it re-sets the
-        # providers with the CPU EP behind CUDA, which a session without CPU fallback refuses), the
-        # fallback check waits for it; see _cuda_stream.
-        fallback_off = None if device == "cpu" or creation_stream else False
-        self._session = load_session(
-            path, providers, intra_op_threads, provider_options=provider_options, cpu_fallback_off=fallback_off
-        )
+        self._session = load_session(path, providers, intra_op_threads, provider_options=provider_options)
         import onnxruntime as ort
 
         self._run_options = ort.RunOptions()
@@ -270,10 +254,7 @@ class OnnxRuntimeBackend:
         if device == "gpu":
             from models.ort_cuda import CudaBinding
 
-            self._gpu = CudaBinding(
-                self._session, self.inputs, self.outputs, device_id, stream=stream, priority=stream_priority,
-                provider_options=None if creation_stream else provider_options.get("CUDAExecutionProvider"),
-            )  # fmt: skip
+            self._gpu = CudaBinding(self._session, self.inputs, self.outputs, device_id, stream=stream)
         log.info(
             "loaded %s on %s: inputs %s outputs %s",
             path,

@@ -55,6 +55,14 @@ def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
     return cupy.cuda.ExternalStream(handle)
 
 
+def make_stream(device_id: int = 0, priority: str = "normal") -> Any:
+    """A stream for one binding, made before its session exists, so that the session is created
+    with it (``user_compute_stream`` in the provider options) and never re-set."""
+    cupy = require("cupy", "ONNX Runtime on the GPU", "install cupy-cuda13x or set backend.device: cpu", what="CuPy")
+    with cupy.cuda.Device(device_id):
+        return _process_lifetime_stream(cupy, priority)
+
+
 def _create_priority_stream(flags: int, priority: str) -> int | None:
     """A stream handle at ``priority`` through cuda-bindings (CuPy's runtime module has no
     priority calls); None where cuda-bindings is absent or for "normal" priority."""
@@ -108,11 +116,15 @@ class CudaBinding:
             self.stream = stream if stream is not None else _process_lifetime_stream(cupy, priority)
         if not self.stream.ptr:
             raise ValueError("CudaBinding needs a non-default CUDA stream (ONNX Runtime ignores stream 0)")
-        # Re-create the session's providers so the CUDA EP enqueues on our stream.
-        opts = dict(session.get_provider_options().get("CUDAExecutionProvider", {}))
-        opts.update(provider_options or {})
-        opts.update({"device_id": str(device_id), "user_compute_stream": str(self.stream.ptr)})
-        session.set_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], [opts, {}])
+        # A session created with our stream (the backend passes it at creation) is kept as it is:
+        # re-setting providers logs "No registered plugin EP device" and re-creates the EP. Only a
+        # session made on another stream is re-set, onto CUDA alone (with CPU fallback off a
+        # session refuses a provider list that names the CPU EP, and none is wanted).
+        cur = dict(session.get_provider_options().get("CUDAExecutionProvider", {}))
+        if provider_options or cur.get("user_compute_stream") != str(self.stream.ptr):
+            opts = {**cur, **(provider_options or {})}
+            opts.update({"device_id": str(device_id), "has_user_compute_stream": "1", "user_compute_stream": str(self.stream.ptr)})
+            session.set_providers(["CUDAExecutionProvider"], [opts])
         self._session = session
         self._synchronize = synchronize
         self._run_options = ort.RunOptions()

@@ -44,12 +44,7 @@ def check_image_input(model_name: str, info: TensorInfo, width: int, height: int
 def backend_stream(backend: Any) -> Any:
     """The CUDA stream a GPU backend enqueues its model on (``backend.stream``), None for a CPU
     backend: the branch runs the rest of its GPU work on it too (:func:`models.branch.run_branch`)."""
-    stream = getattr(backend, "stream", None)
-    if stream is None:
-        # OnnxRuntimeBackend keeps its CUDA binding (models.ort_cuda.CudaBinding, which owns the
-        # stream) private and has no `stream` property yet; read the binding's until it has one.
-        stream = getattr(getattr(backend, "_gpu", None), "stream", None)
-    return stream
+    return getattr(backend, "stream", None)
 
 
 class ModelRunner:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,6 +62,9 @@ class FrameCounter:
 
     counting: CountingConfig
     roles: Mapping[str, Role]
+    tracker: Any = None
+    """A ``pipeline.tracking.PeopleTracker`` (tracking on), fed once per finalized frame: the count
+    is then made of confirmed tracks. Stateful: one counter per stream and run."""
     calibrator: DensityCalibrator | None = None
     """Turns the raw density map into people over time (``counting.hybrid.calibration``); made
     here when None and calibration is on. The map :meth:`__call__` returns is the calibrated one."""
@@ -71,9 +74,16 @@ class FrameCounter:
             object.__setattr__(self, "calibrator", DensityCalibrator(self.counting.hybrid))
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig) -> FrameCounter:
-        """The counter of the config's enabled branches."""
-        return cls(cfg.counting, {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled})
+    def from_config(cls, cfg: PipelineConfig, frame_rate: float | None = None) -> FrameCounter:
+        """The counter of the config's enabled branches, with a tracker when ``tracking.enabled``
+        (``frame_rate``: the stream's, for the tracker; 30 when unknown)."""
+        tracker = None
+        if cfg.tracking.enabled:
+            from pipeline.tracking import PeopleTracker
+
+            tracker = PeopleTracker(cfg.tracking, frame_rate or 30.0, zones=cfg.counting.zones)
+        roles = {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled}
+        return cls(cfg.counting, roles, tracker=tracker)
 
     def merge(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None]:
         """The branches' detections merged (global and tiles, IoS over the tiles' rectangles) and
@@ -122,11 +132,39 @@ class FrameCounter:
             fresh = all(r.frame.frame_index == frame.frame_index for n, r in results.items() if n in self.roles)
             calibrated = self.calibrator(density, merged, (frame.width, frame.height), learn=fresh and not missing)
             density, calibration = calibrated.density, calibrated.calibration
-        counts = hybrid_count(merged, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)
+        counted, tracked = self._track(merged, frame, missing)
+        counts = hybrid_count(counted, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)
+        counts = replace(counts, detection=len(merged), tracking=tracked)
+        if tracked is not None and tracked.confirmed_count is None and not missing:
+            counts = replace(
+                CountResult.unknown(f"tracks {tracked.unknown_reason or 'warming up'}", counts.policy, tuple(counts.zones)),
+                detection=counts.detection, density=counts.density, tracking=tracked,
+            )
         counts = replace(counts, calibration=calibration)
         if missing:
             counts = replace(self._with_missing(counts, missing), calibration=calibration)
         return merged, density, counts
+
+    def _track(
+        self, merged: Detections, frame: FrameMeta, missing: Mapping[str, str] | None
+    ) -> tuple[Detections, Any]:
+        """Feed the tracker (once per finalized frame, in order) and return what to count: the
+        boxes of the confirmed, counted tracks (not static, not excluded; one missed for a frame
+        or two still counts), and the ``TrackedFrame``. Without a tracker: the detections."""
+        if self.tracker is None:
+            return merged, None
+        known = not any(self.roles.get(b) != "density" for b in (missing or {}))
+        tracked = self.tracker.update(merged, frame, known=known)
+        if tracked.confirmed_count is None:
+            return merged, tracked
+        boxes = [t for t in tracked.tracks if t.counted]
+        counted = Detections(
+            xyxy=np.array([t.xyxy for t in boxes], np.float32).reshape(-1, 4),
+            score=np.array([t.score for t in boxes], np.float32),
+            class_id=np.array([t.class_id for t in boxes], np.int32),
+            source=np.full(len(boxes), GLOBAL_SOURCE, np.int32),
+        )
+        return counted, tracked
 
     def _with_missing(self, counts: CountResult, missing: Mapping[str, str]) -> CountResult:
         roles = {b: self.roles.get(b) for b in missing}
@@ -149,4 +187,5 @@ class FrameCounter:
             unknown,
             detection=None if det_missing else counts.detection,
             density=None if dens_missing else counts.density,
+            tracking=counts.tracking,
         )

@@ -54,7 +54,9 @@ frame it was done on: a frame's results are reported when it is finalized, a lat
 arrives, so every (branch, frame) cost is reported exactly once and credited to its own frame. Raw
 frame publications report no work (their metadata records do). Work still unreported when a run
 is flushed (under ASYNC_OVERLAY, that of the frames after the last publication) comes out of
-``flush`` as one :class:`~pipeline.types.WorkRecord`.
+``flush`` as one :class:`~pipeline.types.WorkRecord`. When the counter tracks people, every
+finalized frame also publishes one :class:`~pipeline.types.TrackingRecord` (its line crossings
+and zone exits, exactly once per run).
 
 - ``fusion_wait_ms``: publish time minus the arrival of the frame's first branch result (the frame
   itself when none arrived); 0 for frames published at once. ``wait_for_ms[b]``: when each due
@@ -95,6 +97,7 @@ from pipeline.types import (
     MetadataRecord,
     OverlayInfo,
     StageTimings,
+    TrackingRecord,
     WorkRecord,
 )
 
@@ -102,7 +105,7 @@ log = logging.getLogger("people_counter.fusion")
 
 Clock = Callable[[], float]
 
-Published = FusedResult | MetadataRecord | WorkRecord
+Published = FusedResult | MetadataRecord | WorkRecord | TrackingRecord
 """What fusion returns: a frame publication, a metadata record, or (at the end of a run) the branch
 work no publication reported (see the module docs)."""
 
@@ -266,6 +269,16 @@ class FusionState:
         p = self.pending.get(idx)
         if p is not None and b in p.scheduled:
             p.result_ts[b] = now
+
+    def drop(self, branch: str, frame_index: int) -> None:
+        """A frame already registered will not get ``branch``'s result (dropped before the branch
+        started it): not waited for any more, missing as ``dropped (queue full)``."""
+        p = self.pending.get(frame_index)
+        if p is None or branch not in p.scheduled:
+            return
+        p.scheduled = p.scheduled - {branch}
+        p.dropped = p.dropped | {branch}
+        p.result_ts.pop(branch, None)
 
     def advance(self, now: float, *, force: bool = False) -> list[_Finalized]:
         """Finalize, in order, the head frames that are complete or past their deadline (all if ``force``)."""
@@ -652,6 +665,14 @@ class Fusion:
             self.state.add_result(result, now)
             return self._owed(self.state.advance(now))
 
+    def drop(self, branch: str, frame_index: int) -> list[Published]:
+        """``branch`` will not deliver frame ``frame_index`` (the orchestrator dropped it for a
+        newer frame); publishes what that completes."""
+        with self._lock:
+            now = self._clock()
+            self.state.drop(branch, frame_index)
+            return self._owed(self.state.advance(now))
+
     def poll(self, now: float) -> list[Published]:
         """Timeouts up to ``now``."""
         with self._lock:
@@ -696,4 +717,6 @@ class Fusion:
                 out.append(_metadata_record(fin if not p.owes_frame else replace(fin, work=()), self.state))
             if not (p.owes_frame or p.owes_metadata):
                 self.state.unreported.extend(fin.work)  # published at once: the next publication reports it
+            if fin.counts.tracking is not None:  # once per finalized frame, whatever the strategy
+                out.append(TrackingRecord(p.meta.stream_id, p.meta.frame_index, p.meta.pts, fin.counts.tracking))
         return out

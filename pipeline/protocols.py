@@ -17,6 +17,7 @@ from pipeline.types import (
     FusedResult,
     MetadataRecord,
     PreprocessOutput,
+    TrackingRecord,
     WorkRecord,
 )
 
@@ -143,6 +144,14 @@ class WorkSink(Protocol):
     :class:`~pipeline.types.WorkRecord`): the SQLite writer stores it, summaries count it."""
 
     def write_work(self, record: WorkRecord) -> None: ...
+
+
+@runtime_checkable
+class TrackingSink(Protocol):
+    """A sink that also takes each finalized frame's tracking (optional; see
+    :class:`~pipeline.types.TrackingRecord`): the SQLite writer stores crossings and zone visits."""
+
+    def write_tracking(self, record: TrackingRecord) -> None: ...
 
 
 @runtime_checkable

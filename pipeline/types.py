@@ -187,7 +187,6 @@ class DensityMap:
 
     density: NDArray[np.float32]
     stride: int
-
     contrast: NDArray[np.float32] | None = None
     """(H', W') float32 or None: std of the grey level (0..255) of each cell's pixels (0 past the
     frame edge); a flat cell cannot hold a person. None where the branch did not measure it."""
@@ -270,6 +269,10 @@ class CountResult:
     calibration: DensityCalibration | None = None
     """How ``density`` was made from the raw map (None: no density map, or calibration off, and
     then ``density`` is the raw integral clamped at 0)."""
+    tracking: Any = None
+    """The frame's ``pipeline.tracking.TrackedFrame`` when tracking is on (tracks with ids, trails
+    and static flags, the confirmed count, line totals, zone occupancy), else None. With tracking,
+    ``fused`` counts confirmed, counted tracks and ``detection`` stays the raw detection count."""
 
     def __post_init__(self) -> None:
         if self.region_counts.shape != self.region_source.shape:
@@ -486,6 +489,19 @@ class WorkRecord:
     ``timings.frame_index`` is the newest of those frames and carries no figures of its own."""
 
     timings: StageTimings
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingRecord:
+    """What tracking produced on one finalized frame, published once per frame whatever the
+    strategy, so that each line crossing and zone exit is stored exactly once: ``tracking`` is the
+    frame's ``pipeline.tracking.TrackedFrame`` (its ``crossings``, ``zone_exits``, ``line_counts``
+    after the frame, ``occupancy``, and the tracks with their static flags)."""
+
+    stream_id: str
+    frame_index: int
+    pts: float
+    tracking: Any
 
 
 # --------------------------------------------------------------------------------------------

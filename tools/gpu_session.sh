@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# One GPU session's measurements, for the device tool (docs/BENCHMARKS.md keeps the figures).
+#
+# Assets travel in carried folders .devcarry/g0, g1, ... (models, clips: .cache is not part of
+# the working tree); `tools/gpu_session.sh stash` copies the carried ones into /tmp/assets, and
+# `tools/gpu_session.sh tests|bench|loop|parity` runs one group of measurements with
+# .cache/assets pointing there, writing logs under $OUT. The staged wheels (onnxruntime-gpu,
+# PyNvVideoCodec, the project's pure dependencies: ../shared/device/stage-wheels.sh) must be in
+# /tmp/site. Each group stays under the device tool's 10-minute command limit.
+set -uo pipefail
+cmd=${1:-}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/assets/models /tmp/assets/video /tmp/assets/samples
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-} QT_QPA_PLATFORM=offscreen PYTHONUNBUFFERED=1
+
+link_assets() {
+  mkdir -p .cache
+  rm -rf .cache/assets
+  ln -s /tmp/assets .cache/assets
+}
+
+gpu_config() {  # $1: output file; $2...: key=value overrides (dotted) on config/gpu.yaml
+  out=$1; shift
+  python3 - "$out" "$@" <<'EOF'
+import sys, yaml
+out, *changes = sys.argv[1:]
+d = yaml.safe_load(open("config/gpu.yaml"))
+for ch in changes:
+    key, value = ch.split("=", 1)
+    node = d
+    *parents, last = key.split(".")
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    node[last] = yaml.safe_load(value)
+yaml.safe_dump(d, open(out, "w"))
+EOF
+}
+
+case "$cmd" in
+stash)
+  for g in .devcarry/g*; do
+    [ -d "$g" ] || continue
+    for f in "$g"/*; do
+      case "$f" in
+        *.onnx) cp "$f" /tmp/assets/models/ ;;
+        *.mp4|*.avi) cp "$f" /tmp/assets/video/ ;;
+        *.npz) cp "$f" /tmp/assets/samples/ ;;
+      esac
+    done
+  done
+  ls -la /tmp/assets/*
+  ;;
+tests)
+  link_assets
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/card.txt" 2>&1
+  python3 -c "import onnxruntime as o, cupy; print('onnxruntime', o.__version__, o.get_available_providers()); print('cupy', cupy.__version__)" >> "$OUT/card.txt" 2>&1
+  timeout 420 python3 -m pytest -q -m gpu -rs tests/gpu > "$OUT/gpu_tests.txt" 2>&1
+  echo "gpu tests rc=$?" >> "$OUT/gpu_tests.txt"
+  timeout 120 python3 -m pytest -q tests/test_colour.py > "$OUT/colour_tests.txt" 2>&1
+  echo "colour tests rc=$?" >> "$OUT/colour_tests.txt"
+  tail -5 "$OUT/gpu_tests.txt" "$OUT/colour_tests.txt"
+  ;;
+bench)
+  link_assets
+  gpu_config /tmp/bench_fast.yaml streams.0.loop=true storage.db_path=/tmp/bench.db
+  timeout 280 python3 main.py bench --config /tmp/bench_fast.yaml --frames 300 --fusion STRICT_SYNC ASYNC_OVERLAY \
+    --scenario e2e sequential --out "$OUT/bench_fast" > "$OUT/bench_fast.txt" 2>&1
+  echo "bench fast rc=$?" >> "$OUT/bench_fast.txt"
+  timeout 280 python3 main.py bench --config /tmp/bench_fast.yaml --realtime --frames 300 \
+    --fusion STRICT_SYNC ASYNC_OVERLAY RAW_STREAM_WITH_METADATA --scenario e2e --out "$OUT/bench_rt" > "$OUT/bench_rt.txt" 2>&1
+  echo "bench realtime rc=$?" >> "$OUT/bench_rt.txt"
+  tail -25 "$OUT/bench_fast.txt" "$OUT/bench_rt.txt"
+  ;;
+loop)
+  link_assets
+  gpu_config /tmp/loop.yaml streams.0.realtime=true storage.db_path=/tmp/loop.db max_frames=120
+  for i in $(seq 10); do
+    timeout 100 python3 main.py headless --config /tmp/loop.yaml --quiet > "$OUT/loop_$i.txt" 2>&1
+    echo "process $i rc=$?"
+  done > "$OUT/loop.txt"
+  python3 - >> "$OUT/loop.txt" <<'EOF'
+import sqlite3
+con = sqlite3.connect("/tmp/loop.db")
+print(con.execute("SELECT id, status, ended_at IS NOT NULL, (SELECT COUNT(*) FROM frames f WHERE f.run_id = r.id), "
+                  "(SELECT COUNT(fused_count) FROM frames f WHERE f.run_id = r.id) FROM runs r ORDER BY id").fetchall())
+EOF
+  grep -h "CUDA failure\|Traceback\|Aborted" "$OUT"/loop_*.txt | head -5 >> "$OUT/loop.txt"
+  cat "$OUT/loop.txt"
+  ;;
+parity)
+  link_assets
+  # The same 5 frames of the 4K demo through the GPU path and the CPU path (the same detector,
+  # fp32 on both, tracking off so the per-frame detection counts compare directly).
+  gpu_config /tmp/par_gpu.yaml storage.db_path=/tmp/par_gpu.db max_frames=5 fusion.strategy=STRICT_SYNC \
+    tracking.enabled=false branches.density.enabled=false models.person.path=.cache/assets/models/person_yolov8s.dyn.onnx
+  timeout 200 python3 main.py headless --config /tmp/par_gpu.yaml --quiet > "$OUT/parity_gpu.txt" 2>&1
+  python3 - <<'EOF'
+import yaml
+d = yaml.safe_load(open("/tmp/par_gpu.yaml"))
+d["streams"][0]["decoder"] = "pyav"
+d["backend"]["device"] = "cpu"
+d["backend"]["onnxruntime"]["providers"] = ["CPUExecutionProvider"]
+d["storage"]["db_path"] = "/tmp/par_cpu.db"
+yaml.safe_dump(d, open("/tmp/par_cpu.yaml", "w"))
+EOF
+  timeout 300 python3 main.py headless --config /tmp/par_cpu.yaml --quiet > "$OUT/parity_cpu.txt" 2>&1
+  python3 - > "$OUT/parity.txt" 2>&1 <<'EOF'
+import sqlite3
+q = "SELECT frame_index, detection_count FROM frames ORDER BY frame_index"
+g = dict(sqlite3.connect("/tmp/par_gpu.db").execute(q).fetchall())
+c = dict(sqlite3.connect("/tmp/par_cpu.db").execute(q).fetchall())
+for i in sorted(set(g) | set(c)):
+    a, b = g.get(i), c.get(i)
+    rel = None if not a or not b else abs(a - b) / b
+    print(f"frame {i}: gpu {a} cpu {b} rel {rel}")
+EOF
+  cat "$OUT/parity.txt"
+  ;;
+*)
+  echo "usage: $0 stash|tests|bench|loop|parity"; exit 2 ;;
+esac
