@@ -21,6 +21,7 @@ from config.schema import FusionStrategyName
 DEFAULT_CONFIG = "config/pipeline.yaml"
 DEFAULT_LOG_CONFIG = "config/log.yaml"
 STRATEGIES = [s.value for s in FusionStrategyName]
+EXPORT_KINDS = ["counts", "crossings", "visits", "static"]  # storage.export.EXPORTS (not imported: keeps --help fast)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="deliver the file at its frame rate, like a live camera (latency as a live stream sees it)")
 
-    p = sub.add_parser("export", help="export count history from a database")
+    p = sub.add_parser("export", help="export count history, line crossings, zone visits or static tracks from a database")
     p.add_argument("--db", required=True, help="SQLite database")
     p.add_argument("--out", required=True, help="output file, .csv or .json")
+    p.add_argument(
+        "--what", choices=EXPORT_KINDS, default="counts",
+        help="counts: one row per frame (default); crossings: one per line crossing; "
+        "visits: one per zone visit, with its dwell; static: one per track flagged static",
+    )
     p.add_argument("--since", help="ISO date/time (UTC), inclusive")
     p.add_argument("--until", help="ISO date/time (UTC), exclusive")
     p.add_argument("--run", type=int, help="only this run id")

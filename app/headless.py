@@ -373,12 +373,16 @@ def headless_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    """``main.py export``: ``--what`` (counts, crossings, visits, static) of ``--db`` to ``--out``."""
+    from storage.export import export
+
     if not Path(args.db).exists():
         from config.errors import StorageError
 
         raise StorageError(f"database not found: {args.db} (pass the --db of a headless run)")
-    n = export_counts(args.db, args.out, since=args.since, until=args.until, run_id=args.run)
-    print(f"exported {n} rows to {args.out}")
+    what = getattr(args, "what", "counts")
+    n = export(args.db, args.out, what, since=args.since, until=args.until, run_id=args.run)
+    print(f"exported {n} rows ({what}) to {args.out}")
     return 0
 
 

@@ -6,6 +6,10 @@ one that is not a people-counter database, raises ``StorageError``; no function 
 
 Counts follow the count contract: an unknown count comes back as None, with ``unknown_reason``;
 a statistic (:func:`count_summary`) is over the known counts and says how many were unknown.
+
+People over time (schema version 4, tracking on): :func:`crossings` and :func:`line_totals` (line
+crossings), :func:`zone_visits` (dwell per track in a zone), :func:`static_tracks` (objects
+flagged static), :func:`occupancy_history` (a zone's occupancy per frame, None where unknown).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ COUNT_COLUMNS = (
     "policy",
     "fused_count",
     "detection_count",
+    "confirmed_count",
     "density_count",
     "unknown_reason",
     "counts_frame_index",
@@ -43,8 +48,24 @@ COUNT_COLUMNS = (
     "missing",
     "late_branches",
     "zones",
+    "occupancy",
+    "line_counts",
 )
 """Keys of a :func:`count_history` row, in order (also the columns of an export)."""
+
+CROSSING_COLUMNS = ("run_id", "stream_id", "frame_index", "pts", "published_at", "line", "track_id", "direction")
+"""Keys of a :func:`crossings` row, in order (also the columns of its export)."""
+
+VISIT_COLUMNS = (
+    "run_id", "stream_id", "frame_index", "published_at", "zone", "track_id", "entered_pts", "left_pts", "dwell_s",
+)
+"""Keys of a :func:`zone_visits` row, in order (also the columns of its export)."""
+
+STATIC_COLUMNS = (
+    "run_id", "stream_id", "track_id", "first_frame", "last_frame", "first_pts", "last_pts",
+    "first_published_at", "last_published_at", "xyxy", "allowed",
+)
+"""Keys of a :func:`static_tracks` row, in order (also the columns of its export)."""
 
 
 @contextmanager
@@ -74,17 +95,23 @@ def _read(db_path: str | Path) -> Iterator[Database]:
         conn.close()
 
 
-def _where(run_id: int | None, since: datetime | str | None, until: datetime | str | None) -> tuple[str, list[int | str]]:
+def _where(
+    run_id: int | None,
+    since: datetime | str | None,
+    until: datetime | str | None,
+    since_column: str = "published_at",
+    until_column: str = "published_at",
+) -> tuple[str, list[int | str]]:
     where: list[str] = []
     params: list[int | str] = []
     if run_id is not None:
         where.append("run_id = ?")
         params.append(run_id)
     if since is not None:
-        where.append("published_at >= ?")
+        where.append(f"{since_column} >= ?")
         params.append(parse_time(since, "since"))
     if until is not None:
-        where.append("published_at < ?")
+        where.append(f"{until_column} < ?")
         params.append(parse_time(until, "until"))
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
@@ -106,12 +133,16 @@ def count_history(
     map). ``counts_frame_index`` is the frame the counts belong to (None before the first under
     ASYNC_OVERLAY), ``counts_age_ms`` their age. ``partial`` is a bool, ``missing`` a dict branch
     -> reason, ``late_branches`` a list, ``zones`` a dict (a zone's count None when unknown).
+    With tracking on, ``confirmed_count`` is the count of confirmed, counted tracks (None when
+    unknown) beside ``detection_count`` (raw detections), ``occupancy`` a dict zone -> tracks inside
+    (None when unknown) and ``line_counts`` a dict line -> ``{"in", "out"}`` totals so far; all
+    three None when tracking is off.
     """
     where, params = _where(run_id, since, until)
     sql = (
         "SELECT run_id, frame_index, pts, stream_id, published_at, strategy, policy, fused_count, "
-        "detection_count, density_count, unknown_reason, counts_frame_index, counts_age_ms, partial, "
-        "missing_json, late_branches, zones_json FROM frames"
+        "detection_count, confirmed_count, density_count, unknown_reason, counts_frame_index, counts_age_ms, "
+        "partial, missing_json, late_branches, zones_json, occupancy_json, line_counts_json FROM frames"
         + where
         + " ORDER BY run_id, frame_index, rowid"
     )
@@ -123,6 +154,8 @@ def count_history(
         row["missing"] = from_json(row.pop("missing_json")) or {}
         row["late_branches"] = from_json(row["late_branches"]) or []
         row["zones"] = from_json(row.pop("zones_json")) or {}
+        row["occupancy"] = from_json(row.pop("occupancy_json"))
+        row["line_counts"] = from_json(row.pop("line_counts_json"))
         out.append({key: row[key] for key in COUNT_COLUMNS})
     return out
 
@@ -216,4 +249,112 @@ def events(db_path: str | Path, run_id: int | None) -> list[dict[str, Any]]:
         rows = list(db.query(sql, [] if run_id is None else [run_id]))
     for row in rows:
         row["data"] = from_json(row.pop("data_json"))
+    return rows
+
+
+# --- people over time (schema version 4) -----------------------------------------------------------
+
+
+def crossings(
+    db_path: str | Path,
+    run_id: int | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> list[dict[str, Any]]:
+    """Every stored line crossing, ordered by run, frame, then as stored; keys :data:`CROSSING_COLUMNS`.
+
+    ``direction`` is ``in`` or ``out``; ``since`` (inclusive) / ``until`` (exclusive) bound
+    ``published_at``, as in :func:`count_history`.
+    """
+    where, params = _where(run_id, since, until)
+    sql = f"SELECT {', '.join(CROSSING_COLUMNS)} FROM crossings{where} ORDER BY run_id, frame_index, rowid"
+    with _read(db_path) as db:
+        return list(db.query(sql, params))
+
+
+def line_totals(db_path: str | Path, run_id: int) -> dict[str, dict[str, int]]:
+    """Crossings of ``run_id`` per line: ``{line: {"in": n, "out": m}}``, by line name.
+
+    Counted from the stored crossings; a line of the run that nobody crossed (named in its frames'
+    ``line_counts``) is there with zeros.
+    """
+    with _read(db_path) as db:
+        counted = db.execute(
+            "SELECT line, SUM(direction = 'in'), SUM(direction = 'out') FROM crossings WHERE run_id = ? GROUP BY line",
+            [run_id],
+        ).fetchall()
+        last = db.execute(
+            "SELECT line_counts_json FROM frames WHERE run_id = ? AND line_counts_json IS NOT NULL "
+            "ORDER BY frame_index DESC, rowid DESC LIMIT 1",
+            [run_id],
+        ).fetchone()
+    totals = {line: {"in": 0, "out": 0} for line in (from_json(last[0]) if last else None) or {}}
+    for line, n_in, n_out in counted:
+        totals[line] = {"in": int(n_in), "out": int(n_out)}
+    return dict(sorted(totals.items()))
+
+
+def zone_visits(
+    db_path: str | Path,
+    run_id: int | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    zone: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every stored zone visit (a track's stay in a zone, ended), ordered by run, exit frame, then as
+    stored; keys :data:`VISIT_COLUMNS`. ``entered_pts`` / ``left_pts``: stream time of the track's
+    first and last frames inside, ``dwell_s`` between them; ``frame_index`` / ``published_at``: the
+    frame that reported the exit (what ``since`` / ``until`` bound). ``zone``: only that zone.
+    """
+    where, params = _where(run_id, since, until)
+    if zone is not None:
+        where += (" AND" if where else " WHERE") + " zone = ?"
+        params.append(zone)
+    sql = f"SELECT {', '.join(VISIT_COLUMNS)} FROM zone_visits{where} ORDER BY run_id, frame_index, rowid"
+    with _read(db_path) as db:
+        return list(db.query(sql, params))
+
+
+def static_tracks(
+    db_path: str | Path,
+    run_id: int | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> list[dict[str, Any]]:
+    """Every track flagged static (a cloth, a bag, a mannequin: not counted unless ``allowed``), by
+    run, then first frame; keys :data:`STATIC_COLUMNS`.
+
+    ``first_*``: when it was first seen static; ``last_*``, ``xyxy`` (its box, frame pixels, a
+    list of 4) and ``allowed`` (bool): the last frame it was seen static. ``since`` / ``until``
+    keep the tracks static at some time in ``[since, until)``.
+    """
+    where, params = _where(run_id, since, until, since_column="last_published_at", until_column="first_published_at")
+    columns = ", ".join("xyxy_json" if c == "xyxy" else c for c in STATIC_COLUMNS)
+    sql = f"SELECT {columns} FROM static_tracks{where} ORDER BY run_id, first_frame, rowid"
+    with _read(db_path) as db:
+        rows = list(db.query(sql, params))
+    out = []
+    for row in rows:
+        row["xyxy"] = from_json(row.pop("xyxy_json"))
+        row["allowed"] = bool(row["allowed"])
+        out.append({key: row[key] for key in STATIC_COLUMNS})
+    return out
+
+
+def occupancy_history(db_path: str | Path, run_id: int, zone: str) -> list[dict[str, Any]]:
+    """Occupancy of ``zone`` in every stored frame of ``run_id``, in frame order: dicts with
+    ``frame_index``, ``pts``, ``published_at``, ``counts_frame_index`` (the frame the figure belongs
+    to, see :func:`count_history`) and ``occupancy``: the counted tracks whose feet are inside, or
+    None where it is unknown (a gap: tracking off, warming up, a partial frame, a zone the run did
+    not have), never 0.
+    """
+    sql = (
+        "SELECT frame_index, pts, published_at, counts_frame_index, occupancy_json FROM frames "
+        "WHERE run_id = ? ORDER BY frame_index, rowid"
+    )
+    with _read(db_path) as db:
+        rows = list(db.query(sql, [run_id]))
+    for row in rows:
+        value = (from_json(row.pop("occupancy_json")) or {}).get(zone)
+        row["occupancy"] = None if value is None else int(value)
     return rows

@@ -27,7 +27,25 @@ Tables (one database holds many runs):
   is not empty; ``late_branches`` (a JSON list, kept for older readers) is the ``late`` ones.
   ``region_source`` is the JSON (rows, cols) grid of the hybrid decision (1 = density,
   0 = detections; empty when unknown); ``zones_json`` maps zone to fused count (null when
-  unknown); ``overlays_json`` is a JSON list.
+  unknown); ``overlays_json`` is a JSON list. With tracking on (``CountResult.tracking``, a
+  ``pipeline.tracking.TrackedFrame`` of the counted frame): ``confirmed_count`` is its count of
+  confirmed, counted tracks (NULL when unknown: warming up, a partial frame), beside
+  ``detection_count``, the raw detection count; ``occupancy_json`` maps zone to the counted tracks
+  whose feet are inside (null when unknown) and ``line_counts_json`` line to ``{"in": n, "out":
+  m}``, the crossings since the run began. All three are NULL when tracking is off.
+- ``crossings``: one row per line crossing (``pipeline.tracking.LineCrossing``), stored once:
+  ``frame_index``/``pts`` the frame it happened on, ``direction`` ``in`` or ``out``,
+  ``published_at`` when its frame's ``TrackingRecord`` reached the writer. Unique on (run,
+  stream, line, track, frame): a track changes side of a line at most once per frame, and a row
+  written back twice (a spill file replayed after a crash) is stored once.
+- ``zone_visits``: one row per zone exit (``pipeline.tracking.ZoneExit``): the track's first and
+  last ``pts`` inside the zone, ``dwell_s`` between them, ``frame_index`` the frame that reported
+  the exit. Unique on (run, stream, zone, track, ``entered_pts``).
+- ``static_tracks``: one row per track flagged static (a cloth, a bag: not counted unless
+  ``allowed``), unique on (run, stream, track): ``first_frame``/``first_pts``/
+  ``first_published_at`` when it was first seen static, ``last_frame``/``last_pts``/
+  ``last_published_at``/``xyxy_json`` (its box, frame pixels) the last frame it was seen static,
+  ``allowed`` 0/1 then.
 - ``frame_timings``: long format, one row per (frame, stage), so a new stage needs no migration.
   ``stage`` is the telemetry name (``decode_ms``, ``yolo.run_ms``) and ``ms`` its value;
   ``frame_index`` is the frame the figure belongs to (``StageTimings.by_frame``), which under
@@ -52,7 +70,10 @@ missing ``runs`` columns (``ALTER TABLE ... ADD COLUMN``, NULL in old rows) and 
 version, a new table is created, the rows copied, the old table dropped, the new one renamed and
 its indexes recreated. Migrated rows keep their values; ``missing_json`` is made from their
 ``late_branches`` (``{branch: "late"}``: older versions recorded no other reason), the other new
-columns are NULL (not recorded). A newer version than this program's is refused.
+columns are NULL (not recorded). Version 4 added ``frames.confirmed_count``, ``occupancy_json``
+and ``line_counts_json`` (``ALTER TABLE``: NULL in old rows, which had no tracking) and the
+``crossings``, ``zone_visits`` and ``static_tracks`` tables (empty for old runs). A newer version
+than this program's is refused.
 """
 
 from __future__ import annotations
@@ -72,7 +93,7 @@ from sqlite_utils import Database
 
 from config.errors import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_STATUSES = ("completed", "completed_with_errors", "failed", "interrupted", "terminated", "aborted")
 """The end statuses of a run (documentation: ``end_run`` stores any string)."""
@@ -85,7 +106,8 @@ class TableSpec:
     ``rebuilt_in``: the schema version that changed a constraint of the table (which ``ALTER
     TABLE`` cannot do): a table of an older database is rebuilt, its rows copied; ``derived``
     gives the SQL expression (over the old row's columns) that fills a new column in the copy,
-    NULL otherwise.
+    NULL otherwise. ``unique``: columns of a unique index (``idx_<table>_unique``) that the
+    writer's ``INSERT ... ON CONFLICT`` relies on.
     """
 
     columns: Mapping[str, type]
@@ -95,6 +117,7 @@ class TableSpec:
     indexes: tuple[tuple[str, ...], ...] = field(default=())
     rebuilt_in: int = 0
     derived: Mapping[str, str] = field(default_factory=dict)
+    unique: tuple[str, ...] = ()
 
 
 TABLES: dict[str, TableSpec] = {
@@ -139,6 +162,10 @@ TABLES: dict[str, TableSpec] = {
             "missing_json": str,
             "counts_frame_index": int,
             "counts_age_ms": float,
+            # version 4: people over time (NULL when tracking is off)
+            "confirmed_count": int,
+            "occupancy_json": str,
+            "line_counts_json": str,
         },
         not_null=("run_id", "frame_index", "published_at", "partial"),
         foreign_keys=(("run_id", "runs", "id"),),
@@ -158,6 +185,61 @@ TABLES: dict[str, TableSpec] = {
         not_null=("ts", "kind"),
         foreign_keys=(("run_id", "runs", "id"),),
         indexes=(("run_id", "frame_index"),),
+    ),
+    # version 4: people over time
+    "crossings": TableSpec(
+        columns={
+            "run_id": int,
+            "stream_id": str,
+            "frame_index": int,
+            "pts": float,
+            "line": str,
+            "track_id": int,
+            "direction": str,
+            "published_at": str,
+        },
+        not_null=("run_id", "stream_id", "frame_index", "pts", "line", "track_id", "direction", "published_at"),
+        foreign_keys=(("run_id", "runs", "id"),),
+        indexes=(("run_id", "frame_index"), ("published_at",)),
+        unique=("run_id", "stream_id", "line", "track_id", "frame_index"),
+    ),
+    "zone_visits": TableSpec(
+        columns={
+            "run_id": int,
+            "stream_id": str,
+            "zone": str,
+            "track_id": int,
+            "entered_pts": float,
+            "left_pts": float,
+            "dwell_s": float,
+            "frame_index": int,
+            "published_at": str,
+        },
+        not_null=("run_id", "stream_id", "zone", "track_id", "entered_pts", "left_pts", "dwell_s", "frame_index", "published_at"),
+        foreign_keys=(("run_id", "runs", "id"),),
+        indexes=(("run_id", "zone", "frame_index"), ("published_at",)),
+        unique=("run_id", "stream_id", "zone", "track_id", "entered_pts"),
+    ),
+    "static_tracks": TableSpec(
+        columns={
+            "run_id": int,
+            "stream_id": str,
+            "track_id": int,
+            "first_frame": int,
+            "last_frame": int,
+            "first_pts": float,
+            "last_pts": float,
+            "first_published_at": str,
+            "last_published_at": str,
+            "xyxy_json": str,
+            "allowed": int,
+        },
+        not_null=(
+            "run_id", "stream_id", "track_id", "first_frame", "last_frame", "first_pts", "last_pts",
+            "first_published_at", "last_published_at", "xyxy_json", "allowed",
+        ),
+        foreign_keys=(("run_id", "runs", "id"),),
+        unique=("run_id", "stream_id", "track_id"),
     ),
 }
 """Every table of the database, by name, in creation order (``runs`` first: others refer to it)."""
@@ -187,8 +269,8 @@ def write_transaction(db: Database) -> Iterator[None]:
 def create_schema(db: Database) -> None:
     """Create missing tables, columns and indexes, migrate an older database, stamp :data:`SCHEMA_VERSION`.
 
-    All in one transaction: an older database (version 1 or 2) gets the ``runs`` columns it lacks
-    and a rebuilt ``frames`` table, or stays as it was if anything fails. The final ``PRAGMA
+    All in one transaction: an older database gets the columns and tables it lacks (version 1 or
+    2 also a rebuilt ``frames`` table), or stays as it was if anything fails. The final ``PRAGMA
     user_version`` write doubles as a check that the file is writable. Raises ``StorageError``
     for a database made by a newer schema version.
     """
@@ -218,6 +300,8 @@ def create_schema(db: Database) -> None:
             )
             for columns in spec.indexes:
                 table.create_index(columns, index_name=f"idx_{name}_{'_'.join(columns)}", if_not_exists=True)
+            if spec.unique:
+                table.create_index(spec.unique, index_name=f"idx_{name}_unique", unique=True, if_not_exists=True)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 

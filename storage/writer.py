@@ -3,8 +3,10 @@
 The pipeline thread calls :meth:`SqliteWriter.write` once per published ``FusedResult`` (and
 :meth:`SqliteWriter.write_metadata` once per RAW_STREAM_WITH_METADATA ``MetadataRecord``: a raw
 frame's row comes from its record; :meth:`SqliteWriter.write_work` takes the ``WorkRecord`` of work
-no publication reported, timings only). Every published frame is stored, unknown counts as NULL with
-their reason (the count contract, see ``storage.schema``). ``write`` turns the result into rows
+no publication reported, timings only; :meth:`SqliteWriter.write_tracking` the ``TrackingRecord`` of
+a finalized frame when the counter tracks people: its line crossings, zone exits and static tracks).
+Every published frame is stored, unknown counts as NULL with their reason (the count contract, see
+``storage.schema``). ``write`` turns the result into rows
 at once (so no image or array is kept alive by the queue), stamps ``published_at``, and puts the
 rows on the writer's inbox; the writer thread inserts them in batches (``batch_size`` items, or
 ``flush_interval_s`` after the oldest waiting one, whichever comes first), each batch one
@@ -21,8 +23,10 @@ longer than ``busy_timeout_s``), a full disk or an I/O error is retried with exp
    ``<spill_dir>/<db name>.spill.<pid>.<n>@<host>.jsonl`` (``spill_dir`` defaults to the database's
    folder; choose another file system if the database's disk may fill up);
 3. when the spill file cannot be written either (the same full disk), rows stay in memory up to
-   ``max_memory_rows``; frame rows beyond that are dropped, counted, logged and reported by a
-   ``storage_dropped`` event: never silently. Events and run ends are never dropped.
+   ``max_memory_rows``; frame rows (and repeated sightings of a static track already stored,
+   which only move its ``last_frame``) beyond that are dropped, counted, logged and reported by a
+   ``storage_dropped`` event: never silently. Events, run ends, crossings, zone visits and a static
+   track's first sighting are never dropped.
 
 When the database works again the spill file is written back first, then the memory, in order;
 the file is removed. A fault is reported by events, stored with the rows once the database works:
@@ -78,14 +82,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
 from config.errors import StorageError
 from config.schema import FusionStrategyName, StorageConfig
 from pipeline.types import CountResult, FusedResult, MetadataRecord, OverlayInfo, StageTimings, WorkRecord
-from storage.schema import create_schema, to_json, utc_iso, utc_now, write_transaction
+from storage.schema import TABLES, create_schema, to_json, utc_iso, utc_now, write_transaction
+
+if TYPE_CHECKING:
+    from pipeline.types import TrackingRecord
 
 log = logging.getLogger("people_counter.storage")
 
@@ -135,8 +142,60 @@ def count_rows(
         "missing_json": to_json(missing),
         "counts_frame_index": _number(counts_frame_index, int),
         "counts_age_ms": _number(counts_age_ms, float),
+        **tracking_columns(counts.tracking),
     }
     return row, frame_timing_rows(run_id, timings)
+
+
+def tracking_columns(tracked: Any) -> dict[str, Any]:
+    """The ``frames`` columns of a counted frame's ``pipeline.tracking.TrackedFrame`` (None: tracking
+    off, all NULL): ``confirmed_count`` (None when unknown), ``occupancy_json`` (zone -> int or
+    null), ``line_counts_json`` (line -> ``{"in": n, "out": m}`` since the run began)."""
+    if tracked is None:
+        return {"confirmed_count": None, "occupancy_json": None, "line_counts_json": None}
+    return {
+        "confirmed_count": _number(tracked.confirmed_count, int),
+        "occupancy_json": to_json({z: _number(v, int) for z, v in tracked.occupancy.items()}),
+        "line_counts_json": to_json({name: {"in": c.in_count, "out": c.out_count} for name, c in tracked.line_counts.items()}),
+    }
+
+
+def tracking_rows(record: TrackingRecord, run_id: int, published_at: str) -> dict[str, list[dict[str, Any]]]:
+    """The ``crossings``, ``zone_visits`` and ``static_tracks`` rows of one frame's tracking.
+
+    A static track's row is its sighting on this frame (a track flagged static and matched on it;
+    one held through a miss is not seen): the writer inserts the first and moves ``last_*`` with
+    the later ones.
+    """
+    tracked = record.tracking
+    stream = record.stream_id
+    crossings = [
+        {
+            "run_id": run_id, "stream_id": stream, "frame_index": int(c.frame_index), "pts": float(c.pts),
+            "line": c.line, "track_id": int(c.track_id), "direction": c.direction, "published_at": published_at,
+        }
+        for c in tracked.crossings
+    ]
+    visits = [
+        {
+            "run_id": run_id, "stream_id": stream, "zone": e.zone, "track_id": int(e.track_id),
+            "entered_pts": float(e.entered_pts), "left_pts": float(e.left_pts), "dwell_s": float(e.dwell_s),
+            "frame_index": int(e.frame_index), "published_at": published_at,
+        }
+        for e in tracked.zone_exits
+    ]
+    static = [
+        {
+            "run_id": run_id, "stream_id": stream, "track_id": int(t.id),
+            "first_frame": int(record.frame_index), "last_frame": int(record.frame_index),
+            "first_pts": float(record.pts), "last_pts": float(record.pts),
+            "first_published_at": published_at, "last_published_at": published_at,
+            "xyxy_json": to_json(t.xyxy), "allowed": int(bool(t.allowed)),
+        }
+        for t in tracked.tracks
+        if t.static and t.missed_frames == 0
+    ]
+    return {"crossings": crossings, "zone_visits": visits, "static_tracks": static}
 
 
 def frame_timing_rows(run_id: int, timings: StageTimings) -> list[dict[str, Any]]:
@@ -301,8 +360,9 @@ def abort_dead_runs(
 
 @dataclass(slots=True)
 class _Rows:
-    """Rows to insert (``frames``, ``events``; ``frame_timings`` for timings alone) or a run's end
-    (``run_end``: one ``runs`` update). ``timings`` go with a ``frames`` row (or alone).
+    """Rows to insert (``frames``, ``events``, ``crossings``, ``zone_visits``; ``frame_timings`` for
+    timings alone; ``static_tracks`` / ``static_updates`` upserted: a first sighting, later ones) or
+    a run's end (``run_end``: one ``runs`` update). ``timings`` go with a ``frames`` row (or alone).
 
     ``enqueued`` is ``time.monotonic()`` at ``put``, the start of its flush deadline.
     """
@@ -340,6 +400,22 @@ class _Stop:
 
 
 _QueueItem = _Rows | _Call | _Stop
+
+_DROPPABLE = frozenset({"frames", "static_updates"})
+"""Items dropped beyond ``max_memory_rows`` (counted and reported): frame rows, and sightings of
+static tracks already stored (``static_updates``: they only move a row's ``last_*``)."""
+
+_STATIC_SEEN_MAX = 4096  # static tracks remembered as stored; one forgotten is sent again as new (an upsert)
+
+_STATIC_UPDATE = ("last_frame", "last_pts", "last_published_at", "xyxy_json", "allowed")
+_STATIC_UPSERT = (
+    f"INSERT INTO static_tracks ({', '.join(TABLES['static_tracks'].columns)}) "
+    f"VALUES ({', '.join('?' * len(TABLES['static_tracks'].columns))}) "
+    f"ON CONFLICT ({', '.join(TABLES['static_tracks'].unique)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STATIC_UPDATE)
+    + " WHERE excluded.last_frame >= static_tracks.last_frame"
+)
+"""Insert a static track's first sighting, move ``last_*`` to a later one (never back)."""
 
 _SPILL_NAME = re.compile(r"^(?P<db>.+)\.spill\.(?P<pid>\d+)\.(?P<seq>\d+)@(?P<host>.+)\.jsonl$")
 _active_spills: set[Path] = set()  # spill files of live writers in this process
@@ -501,6 +577,9 @@ class SqliteWriter:
         self._closed = False
         self._run_id: int | None = None
         self._frames_written = 0
+        self._tracking_written = 0
+        # (run, stream, track) of static tracks already queued: their later sightings may be dropped
+        self._static_seen: dict[tuple[int, str, int], None] = {}
         self._events_written = 0
         self._batches = 0
         self._blocked_writes = 0
@@ -665,6 +744,40 @@ class SqliteWriter:
                 raise StorageError("SqliteWriter.write_work: no run is open; call start_run() first")
             self._put(_Rows("frame_timings", [], frame_timing_rows(run_id, record.timings)))
 
+    def write_tracking(self, record: TrackingRecord) -> None:
+        """Queue the rows of one finalized frame's tracking (``TrackingSink``): a ``crossings`` row
+        per line crossing, a ``zone_visits`` row per zone exit, and the static tracks seen on the
+        frame (``static_tracks``: inserted once per track, ``last_frame``/box moved later).
+
+        Fusion publishes each frame's record once, so each crossing and exit is stored once per run
+        (a row written twice, e.g. a spill file replayed, is ignored: unique indexes). Same batching,
+        spool and fault handling as the frames rows; nothing here is dropped under a fault but the
+        repeated sightings of a static track already queued (see the module docs).
+        """
+        with self._producing():
+            run_id = self._run_id
+            if run_id is None:
+                raise StorageError("SqliteWriter.write_tracking: no run is open; call start_run() first")
+            rows = tracking_rows(record, run_id, utc_iso(self._clock()))
+            for table in ("crossings", "zone_visits"):
+                if rows[table]:
+                    self._put(_Rows(table, rows[table]))
+            new, seen = [], []
+            with self._lock:
+                for row in rows["static_tracks"]:
+                    key = (run_id, row["stream_id"], row["track_id"])
+                    if key in self._static_seen:
+                        seen.append(row)
+                        continue
+                    new.append(row)
+                    self._static_seen[key] = None
+                    if len(self._static_seen) > _STATIC_SEEN_MAX:
+                        del self._static_seen[next(iter(self._static_seen))]
+            if new:
+                self._put(_Rows("static_tracks", new))
+            if seen:
+                self._put(_Rows("static_updates", seen))
+
     def event(self, kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
         """Queue an event (``error``, ``reconnect``, ``strategy_switch``, ``drop``, ``stall``, ...) of the open run."""
         with self._producing():
@@ -747,6 +860,7 @@ class SqliteWriter:
         with self._lock:
             return {
                 "frames_written": self._frames_written,
+                "tracking_rows_written": self._tracking_written,
                 "events_written": self._events_written,
                 "batches": self._batches,
                 "queue_depth": len(self._inbox),
@@ -824,7 +938,7 @@ class SqliteWriter:
                 item.enqueued = time.monotonic()
                 if len(self._inbox) >= self.queue_size:
                     self._wait_for_room()
-                if item.table == "frames" and len(self._inbox) >= self.max_memory_rows:
+                if item.table in _DROPPABLE and len(self._inbox) >= self.max_memory_rows:
                     # The writer thread is stuck in one call: keep memory bounded, and say so.
                     with self._lock:
                         self._dropped_rows += 1
@@ -1105,7 +1219,7 @@ class SqliteWriter:
         dropped = 0
         while dropped < excess and backlog.memory:
             item = backlog.memory.pop()  # the newest frames go: the older ones are the run's history
-            if isinstance(item, _Rows) and item.table == "frames":
+            if isinstance(item, _Rows) and item.table in _DROPPABLE:
                 dropped += 1
             else:
                 kept.append(item)
@@ -1124,8 +1238,8 @@ class SqliteWriter:
             return  # one event per blockage; storage_resumed reports the total
         reason = blockage.reason if blockage is not None else "slow"
         message = (
-            f"dropped {dropped} frame rows: the database cannot be written ({reason}) and neither can the "
-            f"spill file {self.spill_path}; at most {self.max_memory_rows} rows are kept in memory"
+            f"dropped {dropped} frame rows (or repeated static-track sightings): the database cannot be written "
+            f"({reason}) and neither can the spill file {self.spill_path}; at most {self.max_memory_rows} rows are kept in memory"
         )
         log.warning("%s: %s", self.db_path, message)
         data = {"reason": reason, "dropped": dropped, "max_memory_rows": self.max_memory_rows, "spill_file": str(self.spill_path)}
@@ -1172,6 +1286,9 @@ class SqliteWriter:
         timings = [t for p in items for t in p.timings]
         events = [r for p in items if p.table == "events" for r in p.rows]
         ends = [r for p in items if p.table == "run_end" for r in p.rows]
+        crossings = [r for p in items if p.table == "crossings" for r in p.rows]
+        visits = [r for p in items if p.table == "zone_visits" for r in p.rows]
+        static = [r for p in items if p.table in ("static_tracks", "static_updates") for r in p.rows]
         with write_transaction(db):
             if frames:
                 db.table("frames").insert_all(frames)
@@ -1179,10 +1296,19 @@ class SqliteWriter:
                 db.table("frame_timings").insert_all(timings)
             if events:
                 db.table("events").insert_all(events)
+            # OR IGNORE: a row already stored (a spill file written back twice) is stored once
+            if crossings:
+                db.table("crossings").insert_all(crossings, ignore=True)
+            if visits:
+                db.table("zone_visits").insert_all(visits, ignore=True)
+            if static:
+                columns = TABLES["static_tracks"].columns
+                db.conn.executemany(_STATIC_UPSERT, [[r[c] for c in columns] for r in static])
             for end in ends:
                 db.table("runs").update(end["id"], {k: v for k, v in end.items() if k != "id"})
         with self._lock:
             self._frames_written += len(frames)
+            self._tracking_written += len(crossings) + len(visits) + len(static)
             self._events_written += len(events)
             self._batches += 1
 
@@ -1288,4 +1414,6 @@ __all__ = [
     "frame_timing_rows",
     "metadata_rows",
     "process_alive",
+    "tracking_columns",
+    "tracking_rows",
 ]

@@ -6,11 +6,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Literal
 
 import numpy as np
 
+from pipeline.tracking import LineCount, LineCrossing, Track, TrackedFrame, ZoneExit
 from pipeline.types import (
     BranchTimings,
     CountResult,
@@ -21,6 +23,7 @@ from pipeline.types import (
     MetadataRecord,
     OverlayInfo,
     StageTimings,
+    TrackingRecord,
     missing_reason,
 )
 
@@ -158,6 +161,58 @@ def make_result(
         counts_frame_index=frame_index if counts_frame_index == "self" else counts_frame_index,
         counts_age_ms=counts_age_ms,
     )
+
+
+def make_track(track_id: int, xyxy: tuple[float, float, float, float] = (10, 10, 18, 26), *, static: bool = False,
+               allowed: bool = False, missed_frames: int = 0) -> Track:
+    """A real confirmed ``pipeline.tracking.Track`` (counted unless static and not allowed)."""
+    return Track(
+        id=track_id, xyxy=np.array(xyxy, np.float32), class_id=0, score=0.9, age_frames=10,
+        missed_frames=missed_frames, first_pts=0.0, last_pts=0.0, static=static, allowed=allowed,
+        counted=not static or allowed, trail=np.zeros((0, 2), np.float32),
+    )
+
+
+def make_tracked(
+    frame_index: int,
+    tracks: tuple[Track, ...] = (),
+    crossings: tuple[LineCrossing, ...] = (),
+    zone_exits: tuple[ZoneExit, ...] = (),
+    line_counts: Mapping[str, LineCount] | None = None,
+    occupancy: Mapping[str, int | None] | None = None,
+    *,
+    confirmed: int | Literal["tracks"] | None = "tracks",
+    unknown_reason: str | None = None,
+) -> TrackedFrame:
+    """A real ``pipeline.tracking.TrackedFrame`` of :func:`make_result`'s frame (cam0, 64x48, 25 fps).
+
+    ``confirmed`` defaults to the counted tracks; None is unknown (``unknown_reason``, default
+    ``warming up``)."""
+    meta = FrameMeta(stream_id="cam0", frame_index=frame_index, pts=frame_index / 25, decode_ts=0.0, width=64, height=48)
+    if confirmed == "tracks":
+        confirmed = sum(t.counted for t in tracks)
+    return TrackedFrame(
+        frame=meta, track_id=np.array([t.id for t in tracks], np.int64), tracks=tracks,
+        raw_count=None if confirmed is None else len(tracks), confirmed_count=confirmed,
+        crossings=crossings, line_counts=dict(line_counts or {}), occupancy=dict(occupancy or {}),
+        zone_exits=zone_exits, unknown_reason=(unknown_reason or "warming up") if confirmed is None else None,
+    )
+
+
+def make_tracking_result(tracked: TrackedFrame, detections: int = 3, strategy: str = "STRICT_SYNC") -> FusedResult:
+    """:func:`make_result` of ``tracked``'s frame with ``tracked`` as its counts' tracking (the
+    fused count its confirmed count, as the counter makes it; unknown with its reason)."""
+    i = tracked.frame.frame_index
+    base = make_result(i, fused=None if tracked.confirmed_count is None else float(tracked.confirmed_count),
+                       detections=detections, strategy=strategy, unknown_reason=tracked.unknown_reason,
+                       detection_count=detections)
+    return replace(base, frame=tracked.frame, counts=replace(base.counts, tracking=tracked))
+
+
+def tracking_record(tracked: TrackedFrame) -> TrackingRecord:
+    """The ``TrackingRecord`` fusion publishes for ``tracked``'s frame."""
+    m = tracked.frame
+    return TrackingRecord(m.stream_id, m.frame_index, m.pts, tracked)
 
 
 def make_record(frame_index: int, **kwargs: object) -> MetadataRecord:

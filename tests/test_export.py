@@ -57,10 +57,10 @@ def test_csv_contents(db: Path, tmp_path: Path) -> None:
     assert rows[0] == {
         "run_id": "1", "frame_index": "0", "pts": "0.0", "stream_id": "cam0",
         "published_at": "2024-05-01T12:00:01.000000+00:00", "strategy": "ASYNC_OVERLAY", "policy": "hybrid",
-        "fused_count": "0.0", "detection_count": "0", "density_count": "20.0", "unknown_reason": "",
-        "counts_frame_index": "0", "counts_age_ms": "5.0", "partial": "False", "missing": "{}",
-        "late_branches": "[]", "zones": '{"door":0.0}',
-    }
+        "fused_count": "0.0", "detection_count": "0", "confirmed_count": "", "density_count": "20.0",
+        "unknown_reason": "", "counts_frame_index": "0", "counts_age_ms": "5.0", "partial": "False", "missing": "{}",
+        "late_branches": "[]", "zones": '{"door":0.0}', "occupancy": "", "line_counts": "",
+    }, "tracking off: empty cells"
     assert rows[1]["density_count"] == "", "no density map: an empty cell"
     assert json.loads(rows[7]["zones"]) == {"door": 3.5}
     assert [int(r["frame_index"]) for r in rows] == list(range(10))

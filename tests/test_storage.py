@@ -72,10 +72,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert first == {
         "run_id": run_id, "frame_index": 0, "pts": 0.0, "stream_id": "cam0",
         "published_at": "2024-05-01T12:00:01.000000+00:00", "strategy": "ASYNC_OVERLAY", "policy": "hybrid",
-        "fused_count": 3.0, "detection_count": 3, "density_count": None, "unknown_reason": None,
-        "counts_frame_index": 0, "counts_age_ms": 5.0, "partial": False, "missing": {},
-        "late_branches": [], "zones": {"door": 1.0},
-    }
+        "fused_count": 3.0, "detection_count": 3, "confirmed_count": None, "density_count": None,
+        "unknown_reason": None, "counts_frame_index": 0, "counts_age_ms": 5.0, "partial": False, "missing": {},
+        "late_branches": [], "zones": {"door": 1.0}, "occupancy": None, "line_counts": None,
+    }, "tracking off: its columns are None"
     assert second["partial"] is True and second["late_branches"] == ["density"]
     assert second["missing"] == {"density": "late"}
     assert second["density_count"] == 41.5 and second["detection_count"] == 12 and second["fused_count"] == 41.5
@@ -132,7 +132,12 @@ def test_schema_tables_indexes_and_wal(tmp_path: Path) -> None:
                     for idx in conn.execute(f"PRAGMA index_list({table})")
                 ]
                 assert ("run_id", "frame_index") in indexed, table
-    assert set(TABLES) == {"runs", "frames", "frame_timings", "events"}
+            for table in ("crossings", "zone_visits", "static_tracks"):
+                unique = [idx for idx in conn.execute(f"PRAGMA index_list({table})") if idx[2]]
+                assert [tuple(r[2] for r in conn.execute(f"PRAGMA index_info({u[1]})")) for u in unique] == [
+                    TABLES[table].unique
+                ], table
+    assert set(TABLES) == {"runs", "frames", "frame_timings", "events", "crossings", "zone_visits", "static_tracks"}
 
 
 def test_reopen_appends_runs(tmp_path: Path) -> None:

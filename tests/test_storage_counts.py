@@ -361,7 +361,7 @@ def test_every_published_frame_of_every_strategy_is_stored_with_each_work_under_
     assert len([t for t in timing_table(db) if "." in t[1]]) == len(reported), "once each"
 
 
-# --- schema version 3, and the migration of older files -------------------------------------------
+# --- the migration of version 1 and 2 files (version 3 files: tests/test_storage_tracking.py) -----------
 
 V2_DDL = [
     """CREATE TABLE "runs" ("id" INTEGER PRIMARY KEY, "started_at" TEXT NOT NULL, "ended_at" TEXT,
@@ -417,7 +417,7 @@ def make_old_database(path: Path, version: int, late_branches_of_frame_2: str | 
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_an_older_database_is_migrated_to_version_3_keeping_its_rows(tmp_path: Path, version: int) -> None:
+def test_an_older_database_is_migrated_to_the_current_version_keeping_its_rows(tmp_path: Path, version: int) -> None:
     db = tmp_path / f"v{version}.db"
     make_old_database(db, version)
     with SqliteWriter(db, clock=StepClock(T0)) as writer:
@@ -426,7 +426,7 @@ def test_an_older_database_is_migrated_to_version_3_keeping_its_rows(tmp_path: P
         writer.end_run("completed")
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         info = {r[1]: r for r in conn.execute("PRAGMA table_info(frames)")}
         assert list(info) == list(TABLES["frames"].columns)
         assert info["fused_count"][3] == 0 and info["detection_count"][3] == 0, "nullable now"
@@ -446,6 +446,7 @@ def test_an_older_database_is_migrated_to_version_3_keeping_its_rows(tmp_path: P
     assert [r["missing"] for r in old] == [{}, {"density": "late"}, {}], "made from late_branches"
     assert [r["late_branches"] for r in old] == [[], ["density"], []]
     assert all(r["unknown_reason"] is None and r["counts_frame_index"] is None and r["counts_age_ms"] is None for r in old)
+    assert all(r["confirmed_count"] is None and r["occupancy"] is None and r["line_counts"] is None for r in old)
     assert old[0]["zones"] == {"door": 1.0} and old[2]["published_at"] == "2024-05-01T12:00:03.000000+00:00"
     assert queries.timing_rows(db, 1) == [{"decode_ms": 1.0}, {"decode_ms": 2.0}, {"decode_ms": 3.0}]
     assert [e["kind"] for e in queries.events(db, 1)] == ["drop"]
