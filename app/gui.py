@@ -26,11 +26,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from app.build import make_branches, make_counter, make_source
+from app.build import close_branches, make_branches, make_counter, make_source
 from app.headless import SummarySink, versions
 from config import load_pipeline_config
 from config.errors import AppError, ConfigError, StageError
 from config.schema import PipelineConfig
+from pipeline.frame_counter import FrameCounter
 from pipeline.orchestrator import Orchestrator
 from pipeline.protocols import Branch
 from pipeline.sources import is_network_uri
@@ -182,6 +183,7 @@ class _Run:
         self.cfg: PipelineConfig | None = None
         self.source: OperatorSource | None = None
         self.orch: Orchestrator | None = None
+        self.counter: FrameCounter | None = None
         self.run_id: int | None = None
         self.branch_kinds: dict[str, str] = {}
         self.end_status: str | None = None
@@ -283,8 +285,10 @@ class _Run:
                 return
             self.run_id = writer.start_run(cfg.model_dump(mode="json"), versions(), stream.uri, cfg.fusion.strategy.value)
             summary = SummarySink(cfg.max_frames, None, warmup=cfg.telemetry.warmup_frames)
+            # the counter (and its tracker) is this run's: the operator's overrides go to it
+            self.counter = make_counter(cfg, source.fps or None)
             self.orch = orch = Orchestrator(
-                source, branches, make_counter(cfg), cfg.fusion, sinks=(writer, summary, self.sink),
+                source, branches, self.counter, cfg.fusion, sinks=(writer, summary, self.sink),
                 max_frames=cfg.max_frames, on_full="drop", publish_images=True,
             )  # fmt: skip
             orch.start()
@@ -317,8 +321,7 @@ class _Run:
                 "stopped_by": self._stop_reason,
             })  # fmt: skip
         finally:
-            for b in branches:
-                b.close()
+            close_branches(branches)
             writer.close()
 
 
@@ -403,6 +406,22 @@ class GuiSession:
         if run is None or run.orch is None:
             raise RuntimeError("no run yet: the strategy applies to the next start")
         run.orch.switch_strategy(name)
+
+    def allow_static(self, track_id: int, allowed: bool = True) -> None:
+        """Count static track ``track_id`` of the running run (an operator's "this is a person"),
+        or stop counting it (``allowed=False``), from the next finalized frame on.
+
+        Calls the run's ``PeopleTracker.allow_static`` from the UI thread while the fusion thread
+        tracks: the override is one set insertion or removal, atomic under the GIL, that the tracker
+        reads once per frame. Raises RuntimeError when no run is going or tracking is off."""
+        run = self._active()
+        counter = None if run is None else run.counter
+        if counter is None:
+            raise RuntimeError("no run is going (track ids live for one run)")
+        tracker = counter.tracker
+        if tracker is None:
+            raise RuntimeError("tracking is off in this run (tracking.enabled in the config)")
+        tracker.allow_static(int(track_id), allowed)
 
     def _active(self) -> _Run | None:
         run = self._run

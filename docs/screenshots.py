@@ -1,7 +1,11 @@
 """Screenshots of the operator window in its main states, on the real demo (run by docs/screenshots.sh).
 
-Drives the window as an operator would (open vtest, pause, a missing file, history, zones) and
-saves each state to docs/img/*.png, scaled to 1280 px wide.
+Drives the window as an operator would (open vtest, pause, a missing file, history, zones; tracks
+with the vtest line ``walkway``) and saves each state to docs/img/*.png, scaled to 1280 px wide.
+``python docs/screenshots.py tracks`` takes only the named shots (``main``: the first five).
+
+The tracks shot runs STRICT_SYNC: under ASYNC_OVERLAY the tracker is currently fed the warming-up
+frames out of order by fusion (see tests/test_ui_tracks.py's xfail) and the run stops.
 """
 
 from __future__ import annotations
@@ -49,7 +53,30 @@ def shot(app: QApplication, win: MainWindow, name: str) -> None:
     print(f"docs/img/{name}.png")
 
 
-def main() -> int:
+def tracks_shot(app: QApplication, win: MainWindow, session: GuiSession) -> None:
+    """vtest with the ``walkway`` line: ids, trails, the cloth (static, dimmed), the line's totals."""
+    from ui.bridge import RunRequest
+
+    win.start_run(RunRequest(win._config_path, str(VTEST), None, "STRICT_SYNC", None))
+
+    def ready() -> bool:
+        r = win._last_result
+        t = None if r is None else getattr(r.counts, "tracking", None)
+        if t is None or not t.known:
+            return False
+        totals = t.line_counts.get("walkway")
+        crossed = totals is not None and totals.in_count + totals.out_count >= 2
+        return crossed and any(k.static for k in t.tracks) and sum(k.counted for k in t.tracks) >= 3
+
+    wait(app, ready, timeout=240)
+    win.pause()
+    wait(app, lambda: session.status.state is RunState.PAUSED)
+    shot(app, win, "tracks")
+    win.stop_action.trigger()
+    wait(app, lambda: session.idle)
+
+
+def main(only: set[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pc-shots-"))
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
     data = yaml.safe_load((ROOT / "config/laptop.yaml").read_text())
@@ -65,6 +92,12 @@ def main() -> int:
     win.show()
     OUT.mkdir(parents=True, exist_ok=True)
 
+    if only is None or "tracks" in only:
+        tracks_shot(app, win, session)
+    if only is not None and "main" not in only:
+        win.close()
+        wait(app, lambda: not win.isVisible(), 10)
+        return 0
     win.open_source(str(VTEST))
     wait(app, lambda: session.sink is not None and session.sink.stats.written >= 40)
     shot(app, win, "running")
@@ -93,4 +126,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(set(sys.argv[1:]) or None))

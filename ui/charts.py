@@ -14,8 +14,9 @@ Made to be read by an operator:
   width), dragging back in time stops it, and the toggle (:attr:`TelemetryCharts.follow`) says so;
 - y axes start at 0 and never show an SI multiplier (all-zero data reads 0..1, not ``x0.001``);
 - hovering shows every shown series' value at the frame under the mouse;
-- counts: ``fused`` is drawn on top and thicker; unknown counts are gaps, and a strip under the
-  plot marks unknown (amber) and stale (pale amber: counts of an older frame) frames.
+- counts: ``fused`` is drawn on top and thicker; with tracking, ``confirmed`` (confirmed, counted
+  tracks) beside ``detection`` (the raw detections of the frame); unknown counts are gaps, and a
+  strip under the plot marks unknown (amber) and stale (pale amber: counts of an older frame) frames.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from pipeline.types import FusedResult
 from ui.qt_fixes import apply_qt_workarounds
+from ui.tracks import TRACK_COLOR, tracking_of
 
 DEFAULT_WINDOW = 300
 """Frames kept per series."""
@@ -47,9 +49,18 @@ OVERLAY_LAG_PREFIX = "overlay_lag_"
 
 COUNT_STYLES: dict[str, dict[str, object]] = {
     "fused": {"color": (255, 255, 255), "width": 2.5, "z": 10, "style": Qt.PenStyle.SolidLine},
+    "confirmed": {"color": TRACK_COLOR, "width": 2.0, "z": 8, "style": Qt.PenStyle.SolidLine},
     "detection": {"color": (0, 200, 255), "width": 1.5, "z": 5, "style": Qt.PenStyle.DashLine},
     "density": {"color": (255, 120, 200), "width": 1.5, "z": 4, "style": Qt.PenStyle.DotLine},
 }
+
+COUNT_LABELS: dict[str, str] = {
+    "fused": "people",
+    "confirmed": "confirmed tracks",
+    "detection": "raw detections",
+    "density": "density",
+}
+"""Legend text of the count series (the series keep their names in menus and hover)."""
 
 AXIS_WIDTH = 48
 """Left axis width of every plot, so that their frame axes line up."""
@@ -214,7 +225,7 @@ class ChartPanel:
         curve.setVisible(self._visible[name])
         self.legend.removeItem(curve)
         if self._visible[name]:
-            self.legend.addItem(curve, name.removesuffix("_ms") if self.key != "counts" else name)
+            self.legend.addItem(curve, name.removesuffix("_ms") if self.key != "counts" else COUNT_LABELS.get(name, name))
 
     def visible_arrays(self, x0: float, x1: float) -> list[NDArray[np.float64]]:
         xs = self.series.x()
@@ -371,7 +382,12 @@ class TelemetryCharts(QWidget):
         self.end_to_end.series.add(index, e2e)
         if not result.raw:  # unknown counts are gaps (None), never 0
             detection = None if c.detection is None else float(c.detection)
-            self.counts.series.add(index, {"fused": c.fused, "detection": detection, "density": c.density})
+            values: dict[str, float | None] = {"fused": c.fused, "detection": detection, "density": c.density}
+            tracking = tracking_of(c)
+            if tracking is not None:  # unknown (warming up, a partial frame) is a gap
+                confirmed = tracking.confirmed_count
+                values["confirmed"] = None if confirmed is None else float(confirmed)
+            self.counts.series.add(index, values)
             stale = c.known and result.counts_frame_index is not None and result.counts_frame_index != index
             self._states.append((float(index), 1 if not c.known else 2 if stale else 0))
         self._dirty = True

@@ -7,21 +7,56 @@ with boxes and masks scaled from frame pixels, so the cost follows the window, n
 Masks and the heatmap become premultiplied ARGB32 layers built with NumPy and composited by a
 ``QPainter`` on the CPU, as are boxes and text; nothing here touches the GPU. At 4K -> 1280x720
 with every layer on, a frame costs ~15-20 ms on one core, most of it the frame scale and text.
+
+What a layer shows is labelled with whose it is (the count contract, ``docs/ARCHITECTURE.md``):
+
+- boxes and the heatmap come from each branch's newest result (``FusedResult.overlays``); one older
+  than the fusion's ``max_count_age_ms`` and not of the frame on screen is drawn dashed and faded,
+  with its age, never as if it were the frame's own (:func:`stale_layers`);
+- tracks, line totals, zone occupancy and the hybrid's regions are part of the counts, which under
+  ASYNC_OVERLAY belong to ``counts_frame_index``: another frame's are dashed and amber
+  (:mod:`ui.tracks`);
+- density is shown as the calibrated number with the calibration in force
+  (``CountResult.calibration``), and with the heatmap on, a faint grid of the hybrid's regions
+  marks which source counted each: ``D`` density, ``K`` detections (``CountResult.region_source``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QImage, QPainter, QPen
 
-from pipeline.types import GLOBAL_SOURCE, CountResult, Detections, FusedResult, MetadataRecord, missing_reason
+from config.schema import LineConfig
+from pipeline.types import (
+    GLOBAL_SOURCE,
+    CountResult,
+    Detections,
+    FusedResult,
+    MetadataRecord,
+    OverlayInfo,
+    missing_reason,
+)
 from ui.qt_fixes import apply_qt_workarounds
+from ui.tracks import (
+    TracksView,
+    draw_lines,
+    draw_tracks,
+    line_counts_of,
+    line_summary,
+    resolve_lines,
+    tracks_summary,
+    tracks_view,
+)
+
+if TYPE_CHECKING:
+    from config.schema import PipelineConfig
 
 RGB = tuple[int, int, int]
 
@@ -53,10 +88,72 @@ class OverlayOptions:
     masks: bool = True
     heatmap: bool = False
     text: bool = True
+    tracks: bool = True
+    """Track ids, trails and static flags (``CountResult.tracking``), and the counting lines."""
     smooth: bool = False
     mask_alpha: float = 0.4
     heatmap_alpha: float = 0.6
     box_width: float = 2.0
+
+
+BRANCH_LAYERS: Mapping[str, tuple[str, ...]] = {
+    "global": ("global",),
+    "tiles": ("tiles",),
+    "global+tiles": ("global", "tiles"),
+    "density": ("density",),
+}
+"""Which drawn layers (``global`` boxes, ``tiles`` boxes, the ``density`` heatmap) a branch of
+each role (``pipeline.frame_counter.branch_role``) feeds."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayScene:
+    """What the run's config adds to the drawing (one per run; :meth:`from_config`).
+
+    ``max_overlay_age_ms``: the fusion's ``max_count_age_ms``; a branch overlay older than this that
+    is not of the frame on screen is drawn stale (dashed, faded, with its age). None: never.
+    ``roles``: branch name -> role (``global``, ``tiles``, ``global+tiles``, ``density``), which
+    says which layer each overlay feeds; a branch without a role feeds every layer (so an old one
+    can only make more drawn stale, never less). ``lines``: the tracker's counting lines.
+    """
+
+    max_overlay_age_ms: float | None = None
+    roles: Mapping[str, str] = field(default_factory=dict)
+    lines: tuple[LineConfig, ...] = ()
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig | None) -> OverlayScene:
+        """The scene of a run of ``cfg`` (an empty scene for None: nothing known of the run yet)."""
+        if cfg is None:
+            return cls()
+        from pipeline.frame_counter import branch_role
+
+        roles = {name: str(branch_role(cfg, name)) for name, b in cfg.branches.items() if b.enabled}
+        lines = tuple(cfg.tracking.lines) if cfg.tracking.enabled else ()
+        return cls(cfg.fusion.max_count_age_ms, roles, lines)
+
+
+def stale_layers(result: FusedResult, scene: OverlayScene) -> dict[str, tuple[OverlayInfo, ...]]:
+    """Per drawn layer (``global``, ``tiles``, ``density``), the branch overlays feeding it that are
+    stale: older than ``scene.max_overlay_age_ms`` and not of the frame on screen (a STRICT_SYNC
+    frame's own boxes are as old as its pixels, and match them). Layers with none are left out."""
+    limit = scene.max_overlay_age_ms
+    out: dict[str, tuple[OverlayInfo, ...]] = {}
+    if limit is None:
+        return out
+    idx = result.frame.frame_index
+    for o in result.overlays:
+        if o.frame_index == idx or o.lag_ms <= limit:
+            continue
+        role = scene.roles.get(o.branch, "")
+        for layer in BRANCH_LAYERS.get(role, ("global", "tiles", "density")):
+            out[layer] = (*out.get(layer, ()), o)
+    return out
+
+
+def _age_text(infos: Sequence[OverlayInfo]) -> str:
+    oldest = max(infos, key=lambda o: o.lag_ms)
+    return f"{oldest.lag_ms / 1000:.1f} s old"
 
 
 def fit_size(frame_w: int, frame_h: int, max_w: int, max_h: int) -> tuple[int, int]:
@@ -176,13 +273,83 @@ def _draw_layer(painter: QPainter, layer: NDArray[np.uint32], target: QRectF, sm
     painter.restore()
 
 
-def _draw_boxes(painter: QPainter, detections: Detections, sx: float, sy: float, width: float) -> None:
+STALE_BOX_ALPHA = 110
+"""Opacity (0..255) of boxes from a stale overlay."""
+
+
+def _draw_boxes(
+    painter: QPainter,
+    detections: Detections,
+    sx: float,
+    sy: float,
+    width: float,
+    stale: Mapping[str, Sequence[OverlayInfo]] | None = None,
+    height: int = 0,
+) -> None:
+    """Boxes in their source's colour; those of a ``stale`` layer (``global``, ``tiles``) dashed and
+    faded, each with its overlay's age."""
+    stale = stale or {}
     boxes = _scaled_boxes(detections.xyxy, sx, sy)
     pens = {c: QPen(QColor(*c), width) for c in (GLOBAL_COLOR, TILE_COLOR)}
+    stale_pens = {}
+    for c in (GLOBAL_COLOR, TILE_COLOR):
+        faded = QColor(*c)
+        faded.setAlpha(STALE_BOX_ALPHA)
+        stale_pens[c] = QPen(faded, width, Qt.PenStyle.DashLine)
+    ages = {layer: _age_text(infos) for layer, infos in stale.items() if infos}
+    if ages:
+        font = QFont()
+        font.setPixelSize(max(10, height // 65))
+        painter.setFont(font)
     painter.setBrush(Qt.BrushStyle.NoBrush)
-    for (x0, y0, x1, y1), color in zip(boxes.tolist(), _source_colors(detections.source), strict=True):
-        painter.setPen(pens[color])
-        painter.drawRect(QRectF(x0, y0, x1 - x0, y1 - y0))
+    for (x0, y0, x1, y1), color, src in zip(boxes.tolist(), _source_colors(detections.source), detections.source.tolist(), strict=True):
+        layer = "global" if src == GLOBAL_SOURCE else "tiles"
+        if layer in ages:
+            painter.setPen(stale_pens[color])
+            painter.drawRect(QRectF(x0, y0, x1 - x0, y1 - y0))
+            painter.setPen(QColor(*UNKNOWN_COLOR))
+            painter.drawText(QPointF(x0 + 2, y1 - 3), ages[layer])
+        else:
+            painter.setPen(pens[color])
+            painter.drawRect(QRectF(x0, y0, x1 - x0, y1 - y0))
+
+
+def draw_regions(painter: QPainter, counts: CountResult, size: tuple[int, int], fresh: bool) -> None:
+    """A faint grid of the hybrid's regions with, in each, ``D`` (counted by density) or ``K``
+    (counted by detections) and the region's count; dashed and amber when the counts are another
+    frame's. Nothing when the counts carry no regions (unknown)."""
+    src = counts.region_source
+    if src.size == 0:
+        return
+    rows, cols = src.shape
+    w, h = size
+    cw, ch = w / cols, h / rows
+    grid = QColor(255, 255, 255, 70) if fresh else QColor(*UNKNOWN_COLOR, 90)
+    painter.save()
+    try:
+        painter.setPen(QPen(grid, 1.0, Qt.PenStyle.SolidLine if fresh else Qt.PenStyle.DashLine))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        for r in range(1, rows):
+            painter.drawLine(QPointF(0, r * ch), QPointF(w, r * ch))
+        for c in range(1, cols):
+            painter.drawLine(QPointF(c * cw, 0), QPointF(c * cw, h))
+        font = QFont()
+        font.setPixelSize(max(10, int(min(cw, ch) // 7)))
+        font.setBold(True)
+        painter.setFont(font)
+        m = painter.fontMetrics()
+        for r in range(rows):
+            for c in range(cols):
+                density = bool(src[r, c])
+                value = float(counts.region_counts[r, c])
+                text = f"{'D' if density else 'K'} {value:.1f}" if density else f"K {value:.0f}"
+                colour = QColor(255, 120, 200, 200) if density else QColor(0, 200, 255, 170)
+                if not fresh:
+                    colour = QColor(*UNKNOWN_COLOR, 170)
+                painter.setPen(colour)
+                painter.drawText(QPointF(c * cw + 4, (r + 1) * ch - m.descent() - 3), text)
+    finally:
+        painter.restore()
 
 
 UNKNOWN_COLOR: RGB = (255, 190, 60)
@@ -191,30 +358,74 @@ UNKNOWN_COLOR: RGB = (255, 190, 60)
 DIM: RGB = (200, 200, 200)
 
 
-def _count_text(c: CountResult) -> tuple[str, str]:
+def density_text(c: CountResult, has_density: bool = True) -> str:
+    """The density figure as counted, with the calibration in force: ``density 12.3 (scale 0.42,
+    fit on 96 samples)``, ``density 4.0 (prior scale 1.00, 3 samples: too few to fit)``, or
+    ``density 7.1 (uncalibrated)``; ``density unknown`` / ``density n/a`` (no density branch)."""
+    if c.density is None:
+        return "density unknown" if has_density else "density n/a"
+    cal = getattr(c, "calibration", None)
+    if cal is None:
+        return f"density {c.density:.1f} (uncalibrated)"
+    if cal.source == "fit":
+        how = f"scale {cal.scale:.2f}, fit on {cal.samples} samples"
+    else:
+        how = f"{cal.source} scale {cal.scale:.2f}, {cal.samples} samples: too few to fit"
+    return f"density {c.density:.1f} ({how})"
+
+
+def _count_text(c: CountResult, has_density: bool = True) -> tuple[str, str]:
+    density = density_text(c, has_density)
     if c.fused is None:
-        return "people unknown", f"({c.unknown_reason})"
+        det = "" if c.detection is None else f"   (detections {c.detection}, {density})"
+        return "people unknown", f"({c.unknown_reason}){det}"
     det = "unknown" if c.detection is None else str(c.detection)
-    density = "n/a" if c.density is None else f"{c.density:.1f}"
-    return f"people {c.fused:.1f}   (policy {c.policy})", f"detections {det}   density {density}"
+    return f"people {c.fused:.1f}   (policy {c.policy})", f"detections {det}   {density}"
 
 
-def counts_lines(result: FusedResult, metadata: MetadataRecord | None = None) -> list[tuple[str, RGB]]:
+def _regions_text(c: CountResult) -> str | None:
+    if c.region_source.size == 0 or c.policy != "hybrid":
+        return None
+    d = int(np.count_nonzero(c.region_source))
+    return f"regions: {d} by density (D), {c.region_source.size - d} by detections (K)"
+
+
+def shown_counts(result: FusedResult, metadata: MetadataRecord | None = None) -> tuple[CountResult | None, int | None, float | None]:
+    """The counts drawn over ``result`` with the frame they belong to and their age: the result's
+    own (``counts_frame_index``), or for a raw RAW_STREAM_WITH_METADATA frame the newest metadata
+    record's (None before the first)."""
+    if result.raw:
+        if metadata is None:
+            return None, None, None
+        return metadata.counts, metadata.frame_index, metadata.counts_age_ms
+    return result.counts, result.counts_frame_index, result.counts_age_ms
+
+
+def counts_lines(
+    result: FusedResult, metadata: MetadataRecord | None = None, scene: OverlayScene | None = None
+) -> list[tuple[str, RGB]]:
     """The text block of a result, line by line with its colour.
 
     The count contract on screen: a count is drawn white only when it is the count of the frame on
     screen; counts of an older frame (ASYNC_OVERLAY) say which frame and how old; unknown counts
     say why, in amber. A raw RAW_STREAM_WITH_METADATA frame shows the newest ``metadata`` record's
-    counts, labelled with its frame. Then the missing branches and each branch's overlay age.
+    counts, labelled with its frame. Density is the calibrated figure with its calibration; with
+    tracking, the tracks (counted, static, raw detections) and each line's totals, white only when
+    the frame's own. Then the missing branches, each branch's overlay age, and the overlays
+    older than ``scene.max_overlay_age_ms`` (stale: drawn dashed).
     """
+    scene = scene or OverlayScene()
     white: RGB = (255, 255, 255)
     idx = result.frame.frame_index
+    # None is "unknown" when the run has a density branch, "n/a" when it has none (or no run is known)
+    has_density = "density" in scene.roles.values()
     lines: list[tuple[str, RGB]] = []
+    counts, _, counts_age = shown_counts(result, metadata)
     if result.raw:
         if metadata is None:
             lines.append(("people: waiting for the first metadata record", UNKNOWN_COLOR))
         else:
-            head, detail = _count_text(metadata.counts)
+            head, detail = _count_text(metadata.counts, has_density)
             color = white if metadata.frame_index == idx and metadata.counts.known else UNKNOWN_COLOR
             lines.append((head, color if metadata.counts.known else UNKNOWN_COLOR))
             lines.append((detail, DIM))
@@ -222,19 +433,39 @@ def counts_lines(result: FusedResult, metadata: MetadataRecord | None = None) ->
                 lines.append((f"counts of frame {metadata.frame_index} ({idx - metadata.frame_index} frames behind)", UNKNOWN_COLOR))
     else:
         c = result.counts
-        head, detail = _count_text(c)
+        head, detail = _count_text(c, has_density)
         fresh = c.known and result.counts_frame_index == idx
         lines.append((head, white if fresh else UNKNOWN_COLOR))
         lines.append((detail, DIM))
         if c.known and result.counts_frame_index is not None and result.counts_frame_index != idx:
             age = "" if result.counts_age_ms is None else f", {result.counts_age_ms:.0f} ms old"
             lines.append((f"counts of frame {result.counts_frame_index}{age}", UNKNOWN_COLOR))
+    if counts is not None:
+        regions = _regions_text(counts)
+        if regions:
+            lines.append((regions, DIM))
+        view = tracks_view(counts, idx, counts_age)
+        if view is not None:
+            lines.append((tracks_summary(view), white if view.fresh else UNKNOWN_COLOR))
+            if view.label:
+                lines.append((view.label, UNKNOWN_COLOR))
+        totals = line_counts_of(counts)
+        for line in scene.lines:
+            own = view is not None and view.fresh and totals is not None and line.name in totals
+            lines.append((line_summary(line.name, totals), white if own else UNKNOWN_COLOR))
+    elif scene.lines:
+        lines.extend((line_summary(line.name, None), UNKNOWN_COLOR) for line in scene.lines)
     lines.append((f"{result.strategy}   frame {idx}", DIM))
     if result.missing:
         lines.append(("PARTIAL: " + missing_reason(result.missing), PARTIAL_COLOR))
     if result.overlays:
         ages = "   ".join(f"{o.branch} {o.lag_ms:.0f} ms" for o in result.overlays)
         lines.append((f"age: {ages}", DIM))
+    stale = {o.branch: o for infos in stale_layers(result, scene).values() for o in infos}
+    if stale:
+        limit = scene.max_overlay_age_ms or 0.0
+        what = "   ".join(f"{o.branch} of frame {o.frame_index}, {o.lag_ms / 1000:.1f} s old" for o in stale.values())
+        lines.append((f"STALE overlay (> {limit / 1000:.1f} s, drawn dashed): {what}", UNKNOWN_COLOR))
     return lines
 
 
@@ -271,11 +502,13 @@ def render_overlay(
     options: OverlayOptions = OverlayOptions(),
     image: NDArray[np.uint8] | None = None,
     metadata: MetadataRecord | None = None,
+    scene: OverlayScene = OverlayScene(),
 ) -> QImage:
     """Draw ``result`` over its frame at ``size`` (w, h) and return it as a new RGB32 image.
 
     ``metadata``: the newest metadata record, whose counts a raw RAW_STREAM_WITH_METADATA frame
-    shows (see :func:`counts_lines`).
+    shows (see :func:`counts_lines`). ``scene``: what the run's config adds (counting lines, the
+    age beyond which an overlay is stale, branch roles; :class:`OverlayScene`).
 
     ``image`` replaces ``result.frame_image`` (for example the last frame seen, when a metadata-only
     result carries no pixels); with neither, the layers are drawn on a dark background. Boxes,
@@ -291,21 +524,34 @@ def render_overlay(
     sx, sy = w / result.frame.width, h / result.frame.height
     dets = result.detections
     full = QRectF(0, 0, w, h)
+    stale = stale_layers(result, scene)
+    counts, _counts_index, counts_age = shown_counts(result, metadata)
+    view: TracksView | None = None if counts is None else tracks_view(counts, result.frame.frame_index, counts_age)
     painter = QPainter(out)
     try:
-        # Bottom to top: frame, heatmap, masks, boxes, text.
+        # Bottom to top: frame, heatmap (and its regions), masks, boxes, tracks, lines, text.
         if options.heatmap and result.density is not None:
             stride = result.density.stride
             dh, dw = result.density.density.shape
             # The map may extend past the frame (padding): cells keep their stride, the painter clips.
             target = QRectF(0, 0, dw * stride * sx, dh * stride * sy)
-            _draw_layer(painter, heatmap_layer(result.density.density, options.heatmap_alpha), target, smooth=True)
+            # a stale map at half its opacity: where people were, not where they are
+            alpha = options.heatmap_alpha * (0.5 if "density" in stale else 1.0)
+            _draw_layer(painter, heatmap_layer(result.density.density, alpha), target, smooth=True)
+            if counts is not None:
+                own = _counts_index == result.frame.frame_index
+                draw_regions(painter, counts, size, fresh=own)
         if options.masks and dets.has_masks and len(dets):
             _draw_layer(painter, mask_layer(dets, size, sx, sy, options.mask_alpha), full, smooth=False)
         if options.boxes and len(dets):
-            _draw_boxes(painter, dets, sx, sy, options.box_width)
+            _draw_boxes(painter, dets, sx, sy, options.box_width, stale, h)
+        if options.tracks:
+            if view is not None:
+                draw_tracks(painter, view, sx, sy, h, options.box_width)
+            if scene.lines:
+                draw_lines(painter, resolve_lines(scene.lines, (result.frame.width, result.frame.height)), view, sx, sy, h)
         if options.text:
-            _draw_text(painter, counts_lines(result, metadata), h)
+            _draw_text(painter, counts_lines(result, metadata, scene), h)
     finally:
         painter.end()
     return out

@@ -20,7 +20,8 @@ def _list(key: str) -> list[str]:
     value = settings().value(key, [])
     if isinstance(value, str):
         return [value] if value else []
-    return [str(v) for v in (value or [])]
+    # QSettings.value is typed ``object``: an INI list reads back as a list (or None when empty)
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
 
 
 def recent_sources() -> list[str]:

@@ -2,7 +2,9 @@
 
 The window never waits on the pipeline. A ~30 Hz timer takes the newest result from the run's
 :class:`~ui.bridge.LatestResultSink` (frames that arrived in between are skipped there, and
-counted), draws it at the view's size and records it in the charts. Everything the window asks
+counted), draws it at the view's size and records it in the charts. With tracking, static tracks are
+drawn dimmed; right-clicking one (or clicking it) offers to count it anyway, through the
+controller's ``allow_static`` (the run's tracker; ids live for one run). Everything the window asks
 of the pipeline goes through a :class:`Controller` (``app.gui.GuiSession``), whose every call
 returns at once: building a run, stopping it and flushing the database happen on its threads.
 Closing asks the controller to shut down and closes when it is idle (within ~2 s: a running
@@ -11,6 +13,7 @@ inference is cancelled), so the window never freezes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -19,12 +22,13 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
     QCloseEvent,
     QColor,
+    QContextMenuEvent,
     QFont,
     QImage,
     QKeyEvent,
@@ -55,16 +59,18 @@ from PySide6.QtWidgets import (
 from config import load_pipeline_config
 from config.errors import AppError
 from config.schema import FusionStrategyName, PipelineConfig
+from pipeline.tracking import Track
 from pipeline.types import FusedResult
 from ui.bridge import LatestResultSink, PipelineStatus, RunRequest, RunState
 from ui.charts import TelemetryCharts
 from ui.history import HistoryPanel
-from ui.overlay import OverlayOptions, fit_size, render_overlay
+from ui.overlay import OverlayOptions, OverlayScene, fit_size, render_overlay, shown_counts
 from ui.qt_fixes import apply_qt_workarounds
 from ui.settings import last_folder, recent_sources, remember_folder, remember_source
 from ui.tasks import pending_tasks
+from ui.tracks import track_at, track_label, tracking_of
 from ui.widgets import Banner, ElidedLabel
-from ui.zones import Zone, ZoneEditor, save_zones, zone_counts, zones_from_config
+from ui.zones import Zone, ZoneEditor, save_zones, zone_counts, zone_occupancy, zones_from_config
 
 log = logging.getLogger("people_counter.ui")
 
@@ -110,6 +116,8 @@ class Controller(Protocol):
       has ended and its database is flushed.
     - ``switch_strategy(name)`` changes the fusion strategy live; raises for a name it cannot
       switch to, or when no run is going.
+    - ``allow_static(track_id, allowed)`` counts (or stops counting) a static track of the running
+      run, from its next frame; raises when no run is going or tracking is off.
     - ``status``: the current run's state; ``sink``: its bridge (None before the first run);
       ``config``: its validated config (None until built); ``branch_kinds``: its branches and
       their model kinds; ``source_fps``: the source's frame rate (0 when unknown); ``db_path``.
@@ -128,6 +136,8 @@ class Controller(Protocol):
     def shutdown(self, status: str = "interrupted") -> None: ...
 
     def switch_strategy(self, name: str) -> None: ...
+
+    def allow_static(self, track_id: int, allowed: bool = True) -> None: ...
 
     @property
     def idle(self) -> bool: ...
@@ -169,16 +179,20 @@ class VideoView(QWidget):
     """Shows the latest rendered frame, centred and aspect-fitted, with the zones over it.
 
     The window renders overlays at :meth:`render_size` so this widget only blits. Mouse gestures
-    go to the :class:`~ui.zones.ZoneEditor` while it is editing.
+    go to the :class:`~ui.zones.ZoneEditor` while it is editing; otherwise a right-click (or a
+    left click) is offered to the window as ``track_menu_requested(widget pos, global pos, click)``.
     """
 
     resized = Signal()
+    track_menu_requested = Signal(QPointF, QPoint, bool)
 
     def __init__(self, zones: ZoneEditor, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._image: QImage | None = None
         self.zones = zones
         self.zone_values: dict[str, tuple[float | None, bool]] = {}
+        self.zone_occupancy: dict[str, int | None] = {}
+        self.zone_counts_of: int | None = None
         self.placeholder = "no video: open a file or a URL (Ctrl+O)"
         self.badge = ""
         self.setMinimumSize(320, 180)
@@ -222,7 +236,7 @@ class VideoView(QWidget):
                 painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.placeholder)
             else:
                 painter.drawImage(self.image_rect(), self._image)
-                self.zones.paint(painter, self.image_rect(), self.zone_values)
+                self.zones.paint(painter, self.image_rect(), self.zone_values, self.zone_occupancy, self.zone_counts_of)
             if self.badge:
                 font = QFont()
                 font.setPixelSize(max(16, self.height() // 18))
@@ -245,6 +259,12 @@ class VideoView(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.zones.editing:
             self.zones.press(self.to_normalized(event.position()), (self.image_rect().width(), self.image_rect().height()))
+        elif event.button() == Qt.MouseButton.LeftButton and self._image is not None:
+            self.track_menu_requested.emit(event.position(), event.globalPosition().toPoint(), True)
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        if not self.zones.editing and self._image is not None:
+            self.track_menu_requested.emit(QPointF(event.pos()), event.globalPos(), False)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         self.zones.move(self.to_normalized(event.position()))
@@ -373,6 +393,8 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self._controller = controller
         self._options = OverlayOptions()
+        self._scene = OverlayScene()
+        self._scene_of: PipelineConfig | None = None
         self._last_result: FusedResult | None = None
         self._last_image: NDArray[np.uint8] | None = None
         self._shown: deque[tuple[float, int, float]] = deque()
@@ -448,7 +470,13 @@ class MainWindow(QMainWindow):
         self.follow_action.setChecked(True)
         self.boxes_action = self._action("&Boxes", self._on_layers_changed, "B", "Show detection boxes", checkable=True)
         self.masks_action = self._action("&Masks", self._on_layers_changed, "M", "Show segmentation masks", checkable=True)
-        self.heatmap_action = self._action("&Heatmap", self._on_layers_changed, "H", "Show the density heatmap", checkable=True)
+        self.heatmap_action = self._action("&Heatmap", self._on_layers_changed, "H",
+                                           "Show the density heatmap and the hybrid's regions (D: counted by density, "
+                                           "K: by detections)", checkable=True)  # fmt: skip
+        self.tracks_action = self._action("&Tracks", self._on_layers_changed, "T",
+                                          "Show track ids, trails, static tracks (dimmed) and counting lines; "
+                                          "right-click a static track to count it", checkable=True)  # fmt: skip
+        self.tracks_action.setChecked(self._options.tracks)
         self.boxes_action.setChecked(self._options.boxes)
         self.masks_action.setChecked(self._options.masks)
         self.heatmap_action.setChecked(self._options.heatmap)
@@ -468,6 +496,7 @@ class MainWindow(QMainWindow):
         self.stream_banner = Banner()
         self.video = VideoView(self.zones)
         self.video.resized.connect(self._rerender)
+        self.video.track_menu_requested.connect(self._on_track_menu)
         self.zone_panel = ZonePanel(self.zones)
         self.zone_panel.save_button.clicked.connect(self._on_save_zones)
         self.zone_panel.apply_button.clicked.connect(self._on_apply_zones)
@@ -551,7 +580,7 @@ class MainWindow(QMainWindow):
         for a in self.strategy_actions.values():
             fusion_menu.addAction(a)
         view_menu = mb.addMenu("&View")
-        for a in (self.boxes_action, self.masks_action, self.heatmap_action):
+        for a in (self.boxes_action, self.masks_action, self.heatmap_action, self.tracks_action):
             view_menu.addAction(a)
         view_menu.addSeparator()
         view_menu.addAction(self.follow_action)
@@ -595,7 +624,7 @@ class MainWindow(QMainWindow):
         self.strategy_box.currentTextChanged.connect(self._choose_strategy)
         tb.addWidget(self.strategy_box)
         tb.addSeparator()
-        for a in (self.boxes_action, self.masks_action, self.heatmap_action, self.zones_action):
+        for a in (self.boxes_action, self.masks_action, self.heatmap_action, self.tracks_action, self.zones_action):
             tb.addAction(a)
         tb.addSeparator()
         tb.addAction(self.export_action)
@@ -693,7 +722,11 @@ class MainWindow(QMainWindow):
             a = self.recent_menu.addAction("(none yet)")
             a.setEnabled(False)
         for uri in items:
-            self.recent_menu.addAction(uri, lambda u=uri: self.open_source(u))
+            action = self.recent_menu.addAction(uri)
+            action.triggered.connect(functools.partial(self._open_recent, uri))
+
+    def _open_recent(self, uri: str, _checked: bool = False) -> None:
+        self.open_source(uri)
 
     def _on_choose_config(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose the pipeline config", last_folder("config"), "YAML (*.yaml *.yml)")
@@ -787,10 +820,79 @@ class MainWindow(QMainWindow):
         self._zones_loaded_for = result.frame.frame_index
 
     def _update_zone_counts(self) -> None:
-        values = zone_counts(self._last_result, self.zones.zones, self._applied_zones)
+        result = self._last_result
+        values = zone_counts(result, self.zones.zones, self._applied_zones)
         self.video.zone_values = values
+        self.video.zone_occupancy = zone_occupancy(result, self.zones.zones, self._applied_zones)
+        stale = result is not None and not result.raw and result.counts_frame_index not in (None, result.frame.frame_index)
+        self.video.zone_counts_of = result.counts_frame_index if stale and result is not None else None
         self.zone_panel.sync(values)
         self.video.update()
+
+    @property
+    def scene(self) -> OverlayScene:
+        """What the running config adds to the drawing (lines, the stale-overlay age, branch roles)."""
+        cfg = self._controller.config
+        if cfg is not self._scene_of:
+            self._scene, self._scene_of = OverlayScene.from_config(cfg), cfg
+        return self._scene
+
+    # -- tracks --------------------------------------------------------------------------------
+
+    def track_at(self, pos: QPointF) -> Track | None:
+        """The track drawn under widget position ``pos`` on the frame shown (None: none there)."""
+        result = self._last_result
+        if result is None:
+            return None
+        sink = self._sink
+        counts, _, _ = shown_counts(result, sink.latest_metadata if sink else None)
+        tracking = None if counts is None else tracking_of(counts)
+        if tracking is None:
+            return None
+        nx, ny = self.video.to_normalized(pos)
+        if not (0.0 <= nx <= 1.0 and 0.0 <= ny <= 1.0):
+            return None
+        # a track's box is in frame pixels; a few display pixels of slack for thin boxes
+        slack = 4.0 * result.frame.width / max(1.0, self.video.image_rect().width())
+        return track_at(tracking, nx * result.frame.width, ny * result.frame.height, slack)
+
+    def track_menu(self, track: Track) -> QMenu:
+        """The menu of one track: what it is and, for a static one, the operator's override."""
+        menu = QMenu(self)
+        title = menu.addAction(f"{track_label(track)}  ({'counted' if track.counted else 'not counted'})")
+        title.setEnabled(False)
+        if track.static and not track.allowed:
+            a = menu.addAction(f"Count track #{track.id}: it is a person")
+            a.setToolTip("Static tracks (a cloth, a bag) are not counted; this one is, from the next frame, for this run")
+            a.triggered.connect(functools.partial(self._allow_from_menu, track.id, True))
+        elif track.static and track.allowed:
+            a = menu.addAction(f"Stop counting static track #{track.id}")
+            a.triggered.connect(functools.partial(self._allow_from_menu, track.id, False))
+        return menu
+
+    def _allow_from_menu(self, track_id: int, allowed: bool, _checked: bool = False) -> None:
+        self.allow_track(track_id, allowed)
+
+    def allow_track(self, track_id: int, allowed: bool = True) -> bool:
+        """Ask the run to count static track ``track_id`` (or to stop); False, with a message, when it cannot."""
+        try:
+            self._controller.allow_static(track_id, allowed)
+        except Exception as e:  # shown; the tracker keeps its flags
+            self.show_message(f"cannot change track #{track_id}: {e}", error=True)
+            return False
+        if allowed:
+            self.show_message(f"track #{track_id} is counted from the next frame although static (this run only)")
+        else:
+            self.show_message(f"static track #{track_id} is no longer counted (from the next frame)")
+        return True
+
+    def _on_track_menu(self, pos: QPointF, global_pos: QPoint, click: bool) -> None:
+        track = self.track_at(pos)
+        if track is None or (click and not track.static):
+            return  # a plain click opens the menu of static tracks only: the video stays quiet
+        menu = self.track_menu(track)
+        menu.exec(global_pos)
+        menu.deleteLater()
 
     def zone_values(self) -> dict[str, tuple[float | None, bool]]:
         """The zone counts on screen: name -> (count or None, preview?)."""
@@ -825,8 +927,9 @@ class MainWindow(QMainWindow):
             boxes=self._options.boxes,
             masks=self._options.masks and self.masks_action.isEnabled(),
             heatmap=self._options.heatmap and self.heatmap_action.isEnabled(),
+            tracks=self._options.tracks,
         )
-        qimage = render_overlay(result, size, options, image, sink.latest_metadata if sink else None)
+        qimage = render_overlay(result, size, options, image, sink.latest_metadata if sink else None, self.scene)
         qimage.setDevicePixelRatio(self.video.devicePixelRatioF())
         self.video.set_image(qimage)
         return (time.perf_counter() - t0) * 1000.0
@@ -921,6 +1024,7 @@ class MainWindow(QMainWindow):
             boxes=self.boxes_action.isChecked(),
             masks=self.masks_action.isChecked(),
             heatmap=self.heatmap_action.isChecked(),
+            tracks=self.tracks_action.isChecked(),
         )
         self._render()
 

@@ -10,7 +10,10 @@ inside a zone to move the whole zone; Delete removes the selected zone; rename f
 Live counts (:func:`zone_counts`): a zone the running pipeline counts (the same name and polygon
 as the run started with) shows the pipeline's count (``counts.zones``); a zone added or edited
 since shows a preview from the frame's detections (people whose feet lie inside), marked ``≈``,
-until the run is restarted with it. Unknown counts stay unknown, never 0.
+until the run is restarted with it. Unknown counts stay unknown, never 0. With tracking, a zone the
+run counts also shows its occupancy (:func:`zone_occupancy`: counted tracks whose feet are inside,
+``TrackedFrame.occupancy``). Counts of another frame than the one on screen (ASYNC_OVERLAY) are
+amber and say so.
 
 Saving writes ``counting.zones`` back into the config file (only that block: comments elsewhere
 stay), as ``units: normalized`` when the config schema has that key, else frame pixels with
@@ -34,6 +37,7 @@ from config.errors import ConfigError
 from config.schema import PipelineConfig, ZoneConfig
 from pipeline.counting import feet, points_in_polygon
 from pipeline.types import FusedResult
+from ui.tracks import occupancy_of
 
 Point = tuple[float, float]
 
@@ -94,6 +98,32 @@ def zone_counts(
         n = int(np.count_nonzero(points_in_polygon(feet(dets.xyxy), zone.pixels(frame_wh)))) if len(dets) else 0
         out[zone.name] = (float(n), True)
     return out
+
+
+def zone_occupancy(result: FusedResult | None, zones: Sequence[Zone], applied: Mapping[str, Zone]) -> dict[str, int | None]:
+    """Per zone the run counts as drawn (``applied``), its tracked occupancy (None: unknown on
+    this frame); zones added or edited since, and runs without tracking, are left out (the
+    tracker knows only the zones the run started with)."""
+    if result is None or result.raw:
+        return {}
+    occupancy = occupancy_of(result.counts)
+    if occupancy is None:
+        return {}
+    return {z.name: occupancy[z.name] for z in zones if applied.get(z.name) == z and z.name in occupancy}
+
+
+def zone_label(
+    name: str, value: float | None, preview: bool, *, tracked: bool = False, occupancy: int | None = None, of_frame: int | None = None
+) -> str:
+    """``door: 3``, ``door: ≈2`` (preview), ``door: unknown``; with tracking (``tracked``)
+    ``door: 3 · 3 tracked`` (``occupancy`` None: unknown); ``of_frame``: the counts are that
+    frame's, not the one on screen."""
+    text = f"{name}: " + ("unknown" if value is None else f"{'≈' if preview else ''}{value:g}")
+    if tracked:
+        text += " · " + ("tracked unknown" if occupancy is None else f"{occupancy} tracked")
+    if of_frame is not None and not preview:
+        text += f" (frame {of_frame})"
+    return text
 
 
 def zones_to_config(zones: Sequence[Zone], frame_wh: tuple[int, int] | None) -> list[dict[str, Any]]:
@@ -302,8 +332,19 @@ class ZoneEditor(QObject):
 
     # -- drawing -------------------------------------------------------------------------------
 
-    def paint(self, painter: QPainter, target: QRectF, counts: Mapping[str, tuple[float | None, bool]]) -> None:
-        """Draw every zone, its name and count, into ``target`` (the image's rectangle on screen)."""
+    def paint(
+        self,
+        painter: QPainter,
+        target: QRectF,
+        counts: Mapping[str, tuple[float | None, bool]],
+        occupancy: Mapping[str, int | None] | None = None,
+        counts_of: int | None = None,
+    ) -> None:
+        """Draw every zone, its name and count, into ``target`` (the image's rectangle on screen).
+
+        ``occupancy``: tracked occupancy per zone (:func:`zone_occupancy`); ``counts_of``: the
+        frame the pipeline's counts belong to when it is not the frame on screen (amber labels)."""
+        occupancy = occupancy or {}
 
         def to_screen(pt: Point) -> QPointF:
             return QPointF(target.x() + pt[0] * target.width(), target.y() + pt[1] * target.height())
@@ -326,23 +367,24 @@ class ZoneEditor(QObject):
                 for p in z.points:
                     painter.drawEllipse(to_screen(p), 4.0, 4.0)
             value, preview = counts.get(z.name, (None, True))
-            label = f"{z.name}: " + ("unknown" if value is None else f"{'≈' if preview else ''}{value:g}")
+            label = zone_label(z.name, value, preview, tracked=z.name in occupancy, occupancy=occupancy.get(z.name),
+                               of_frame=None if preview else counts_of)  # fmt: skip
             anchor = poly.boundingRect().topLeft()
             metrics = painter.fontMetrics()
             box = QRectF(anchor.x(), anchor.y() - metrics.height() - 2, metrics.horizontalAdvance(label) + 8, metrics.height() + 2)
             painter.setPen(Qt.PenStyle.NoPen)
             painter.setBrush(QBrush(QColor(0, 0, 0, 170)))
             painter.drawRect(box)
-            painter.setPen(QColor(255, 190, 60) if value is None else color)
+            painter.setPen(QColor(255, 190, 60) if value is None or (counts_of is not None and not preview) else color)
             painter.drawText(box.adjusted(4, 0, 0, 0), Qt.AlignmentFlag.AlignVCenter, label)
         if self.drawing:
             painter.setPen(QPen(QColor(255, 255, 0), 2.0, Qt.PenStyle.DashLine))
             painter.setBrush(Qt.BrushStyle.NoBrush)
-            pts = [to_screen(p) for p in self.drawing]
-            painter.drawPolyline(QPolygonF(pts))
+            screen_pts = [to_screen(p) for p in self.drawing]
+            painter.drawPolyline(QPolygonF(screen_pts))
             painter.setBrush(QBrush(QColor(255, 255, 0)))
-            for p in pts:
-                painter.drawEllipse(p, 3.5, 3.5)
+            for sp in screen_pts:
+                painter.drawEllipse(sp, 3.5, 3.5)
 
 
 def _clip(v: float) -> float:
