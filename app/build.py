@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -240,6 +241,21 @@ def make_counter(cfg: PipelineConfig, frame_rate: float | None = None) -> FrameC
     """The fusion's ``combine`` for ``cfg`` (:meth:`pipeline.frame_counter.FrameCounter.from_config`):
     a new one per run and stream, since its tracker keeps state; ``frame_rate``: the stream's."""
     return FrameCounter.from_config(cfg, frame_rate)
+
+
+def close_branches(branches: Sequence[Any]) -> None:
+    """The GPU shutdown order, then the host's: every branch (its ONNX Runtime / TensorRT session,
+    IOBinding, pinned buffers) is closed and collected first, then the NVDEC decoders of closed
+    sources are destroyed, so that nothing frees CUDA memory after its context went away."""
+    import gc
+
+    for b in branches:
+        b.close()
+    gc.collect()
+    if "gpu.nvdec_source" in sys.modules:
+        from gpu.nvdec_source import release_retired_decoders
+
+        release_retired_decoders()
 
 
 def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from app.build import gpu_ring_depth, make_branches, make_counter, make_source, warm_up_branches
+from app.build import close_branches, gpu_ring_depth, make_branches, make_counter, make_source, warm_up_branches
 from config import load_pipeline_config
 from config.errors import AppError, ConfigError, StageError
 from config.schema import PipelineConfig
@@ -319,8 +319,7 @@ def _run(
         _print_report(summary_sink.summary, summary, cfg, out)
         return code, summary_sink.summary, run_id
     finally:
-        for b in branches:
-            b.close()
+        close_branches(branches)
 
 
 def _summary_dict(s: RunSummary, status: Any) -> dict[str, Any]:

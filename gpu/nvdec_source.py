@@ -83,6 +83,22 @@ def _import_cupy() -> Any:
     return require_cuda_device("NVDEC decode", _SWITCH)
 
 
+_RETIRED: list[Any] = []
+"""Decoders of closed sources, kept alive until :func:`release_retired_decoders`."""
+
+
+def release_retired_decoders() -> int:
+    """Destroy the decoders of closed sources; call it after every ONNX Runtime / TensorRT session
+    of the process is closed (the shutdown order: sessions and bindings, pinned buffers, decoders,
+    then the CUDA context at exit). Returns how many were released."""
+    import gc
+
+    n = len(_RETIRED)
+    _RETIRED.clear()
+    gc.collect()
+    return n
+
+
 class NvdecSource:
     """Decode ``uri`` with NVDEC into a GPU frame ring (see the module docstring)."""
 
@@ -114,6 +130,7 @@ class NvdecSource:
         self._nvc: Any = None
         self._demuxer: Any = None
         self._decoder: Any = None
+        self._rt: Any = None
         self.width = 0
         self.height = 0
         self.fps = 0.0
@@ -177,10 +194,16 @@ class NvdecSource:
         }
         try:
             self._decoder = nvc.CreateDecoder(**kwargs)
+            _import_cupy().cuda.runtime.setDevice(self.gpu_id)  # see _decode
         except Exception as exc:
             raise SourceError(f"cannot create an NVDEC decoder for {self.uri} (codec {codec}): {exc}") from None
 
     def close(self) -> None:
+        # The decoder is not destroyed here but retired (see release_retired_decoders): destroying
+        # a PyNvVideoCodec decoder while ONNX Runtime CUDA sessions are alive made ORT abort the
+        # process later in cudaFreeHost (CUDA error 800; 2 of 10 processes, H200, 2026-12-01).
+        if self._decoder is not None:
+            _RETIRED.append(self._decoder)
         self._decoder = None
         self._demuxer = None
 
@@ -243,13 +266,23 @@ class NvdecSource:
                 packet.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
             yield packet
 
+    def _decode(self, packet: Any) -> list[Any]:
+        out = list(self._decoder.Decode(packet))
+        # PyNvVideoCodec pushes and pops the context around its calls; the thread's CUDA runtime
+        # can be left with no current context, and the next ONNX Runtime call on this thread
+        # (sequential branches, the warm-up) then fails in cudaFreeHost (error 800, "GPU=-1")
+        # and aborts the process. Make the device's primary context current again.
+        self._rt.setDevice(self.gpu_id)
+        return out
+
     def _decode_all(self) -> Iterator[Any]:
         nvc = self._nvc
+        self._rt = _import_cupy().cuda.runtime
         try:
             for packet in self._packets():
-                yield from self._decoder.Decode(packet)
+                yield from self._decode(packet)
             while True:  # flush the frames still in the decoder
-                rest = self._decoder.Decode(nvc.PacketData())
+                rest = self._decode(nvc.PacketData())
                 if not rest:
                     break
                 yield from rest

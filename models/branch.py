@@ -175,6 +175,11 @@ class ModelBranch:
     def cancel(self) -> None:
         cancel_backend(self.runner.backend)
 
+    def resume(self) -> None:
+        resume = getattr(self.runner.backend, "resume", None)
+        if resume is not None:
+            resume()
+
     def close(self) -> None:
         self.runner.backend.close()
 
@@ -256,6 +261,11 @@ class RollingDensityBranch:
     def cancel(self) -> None:
         cancel_backend(self.runner.backend)
 
+    def resume(self) -> None:
+        resume = getattr(self.runner.backend, "resume", None)
+        if resume is not None:
+            resume()
+
     def close(self) -> None:
         self.runner.backend.close()
 
@@ -307,6 +317,11 @@ class OneCallYoloBranch:
 
     def cancel(self) -> None:
         cancel_backend(self.runner.backend)
+
+    def resume(self) -> None:
+        resume = getattr(self.runner.backend, "resume", None)
+        if resume is not None:
+            resume()
 
     def close(self) -> None:
         self.runner.backend.close()

@@ -288,6 +288,12 @@ class OnnxRuntimeBackend:
         if self._gpu is not None:
             self._gpu.cancel()
 
+    def resume(self) -> None:
+        """Undo :meth:`cancel` before the backend runs again (a new run reusing the branch)."""
+        self._run_options.terminate = False
+        if self._gpu is not None:
+            self._gpu.resume()
+
     def close(self) -> None:
         """Release the session. A call still running on another thread keeps its own reference;
         later calls raise ``StageError`` instead of failing on a released session."""

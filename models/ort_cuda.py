@@ -121,7 +121,7 @@ class CudaBinding:
         # session made on another stream is re-set, onto CUDA alone (with CPU fallback off a
         # session refuses a provider list that names the CPU EP, and none is wanted).
         cur = dict(session.get_provider_options().get("CUDAExecutionProvider", {}))
-        if provider_options or cur.get("user_compute_stream") != str(self.stream.ptr):
+        if provider_options or int(str(cur.get("user_compute_stream") or "0"), 0) != int(self.stream.ptr):
             opts = {**cur, **(provider_options or {})}
             opts.update({"device_id": str(device_id), "has_user_compute_stream": "1", "user_compute_stream": str(self.stream.ptr)})
             session.set_providers(["CUDAExecutionProvider"], [opts])
@@ -183,6 +183,9 @@ class CudaBinding:
     def cancel(self) -> None:
         """Make the current and later runs end at once (a stop)."""
         self._run_options.terminate = True
+
+    def resume(self) -> None:
+        self._run_options.terminate = False
 
     def _discover(self, key: tuple[tuple[int, ...], ...]) -> dict[str, tuple[int, ...]]:
         """One run with ORT-allocated outputs to learn the output shapes of this input shape."""

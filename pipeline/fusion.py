@@ -99,6 +99,7 @@ from pipeline.types import (
     StageTimings,
     TrackingRecord,
     WorkRecord,
+    missing_reason,
 )
 
 log = logging.getLogger("people_counter.fusion")
@@ -517,9 +518,9 @@ class AsyncOverlay:
 
     def _counts(self, state: FusionState, meta: FrameMeta, now: float) -> tuple[CountResult, int | None, float | None]:
         fin = state.last_finalized
-        if fin is None:
-            warming = dict.fromkeys(state.rates, WARMING_UP) or {"*": WARMING_UP}
-            return self._combine({}, meta, warming)[2], None, None
+        if fin is None:  # (not through combine: a counter counts each finalized frame once, in order)
+            reason = missing_reason(dict.fromkeys(state.rates, WARMING_UP)) or WARMING_UP
+            return CountResult.unknown(reason, "none"), None, None
         k = fin.pending.meta
         age_ms = (now - k.decode_ts) * 1000.0
         c = fin.counts

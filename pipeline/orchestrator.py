@@ -408,6 +408,11 @@ class Orchestrator:
             if self._state != "IDLE":
                 raise RuntimeError(f"Orchestrator.start: already {self._state.lower()}; an orchestrator runs once")
             self._state = "RUNNING"
+        for b in self._branches:  # branches cancelled by an earlier run's stop run again
+            try:
+                b.resume()
+            except Exception:
+                log.exception("branch %s: resume failed", b.name)
         self._fusion_thread = threading.Thread(target=self._fusion_loop, name="pc-fusion", daemon=True)
         threads = [self._fusion_thread]
         threads += [

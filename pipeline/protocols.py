@@ -117,7 +117,13 @@ class Branch(Protocol):
 
     def cancel(self) -> None:
         """End a ``run`` in progress on another thread as soon as the backend allows (a stop);
-        that ``run`` then returns a failed result or raises. Safe from any thread."""
+        that ``run`` then returns a failed result or raises. Safe from any thread. A cancelled
+        branch stays cancelled until :meth:`resume`."""
+        ...
+
+    def resume(self) -> None:
+        """Undo :meth:`cancel`: the orchestrator calls it when a run starts (a bench reuses its
+        branches run after run)."""
         ...
 
     def close(self) -> None: ...

@@ -168,6 +168,9 @@ class SleepyBranch:
     def cancel(self) -> None:
         pass
 
+    def resume(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -285,6 +288,9 @@ class GatedBranch:
                 self._occupancy.leave(self.name)
 
     def cancel(self) -> None:
+        pass
+
+    def resume(self) -> None:
         pass
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from app.bench.html_report import render_html
 from app.bench.model_only import model_only
 from app.bench.report import build_report, format_summary, machine_info
 from app.bench.scenarios import RunResult, run_pipeline_bench, run_preprocess
-from app.build import gpu_ring_depth, make_branches, make_source, warm_up_branches
+from app.build import close_branches, gpu_ring_depth, make_branches, make_source, warm_up_branches
 from app.headless import load_config_with_overrides
 from config.errors import ConfigError
 from config.schema import PipelineConfig
@@ -95,8 +95,7 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                     run_pipeline_bench(cfg, branches, strat, sequential=scen == "sequential", frames=frames, warmup=warmup)
                 )
     finally:
-        for b in branches:
-            b.close()
+        close_branches(branches)
 
     report = build_report(cfg, args, results, machine, model_only=model)
     json_path = out_dir / "report.json"

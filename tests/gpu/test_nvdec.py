@@ -130,6 +130,9 @@ class _HeldBranch:
     def cancel(self) -> None:
         pass
 
+    def resume(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -150,7 +153,8 @@ def test_held_slots_are_not_overwritten_and_the_decoder_drops_instead(cp: Any, n
     )  # fmt: skip
     source = _DecodeCopies(nv, cp)
     branch = _HeldBranch(cp, gate)
-    cfg = FusionConfig(queue_size=8, strict_sync_timeout_ms=120_000.0)
+    # queues longer than the ring, so the held branch keeps more frames than there are slots
+    cfg = FusionConfig(queue_size=8, live_queue_size=8, strict_sync_timeout_ms=120_000.0)
     with Orchestrator(source, [branch], sum_combine, cfg, on_full="drop", poll_interval_s=0.005) as orch:
         deadline = time.monotonic() + 60
         while nv.dropped_frames < 5 and time.monotonic() < deadline:

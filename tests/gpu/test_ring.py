@@ -93,6 +93,9 @@ class _SlowBranch:
     def cancel(self) -> None:
         pass
 
+    def resume(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
