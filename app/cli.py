@@ -114,6 +114,21 @@ def has_display() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    from app.build import gpu_exit_needed
+
+    if gpu_exit_needed():
+        # Everything is stored and closed; the CUDA libraries' own teardown (ONNX Runtime's CUDA
+        # sessions, PyNvVideoCodec) can abort the process here (see app.build.close_branches):
+        # end it now with the command's exit code.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "log_config") and Path(args.log_config).exists():
