@@ -432,9 +432,9 @@ class FusionConfig(_Strict):
     live_queue_size: int = Field(
         1,
         ge=1,
-        description="Branch queue bound for live sources and realtime files: when a branch's queue is full, the "
-        "frame it queued (not started) is dropped for the newest; a short queue keeps a slow branch on recent frames "
-        "(latency <= about (live_queue_size + 1) x the branch's time).",
+        description="Branch queue bound for live sources and realtime files: a frame that finds a due branch's queue "
+        "full is dropped for all its due branches (so that the branches work on the same frames); a short queue keeps "
+        "a slow branch on recent frames (latency <= about (live_queue_size + 1) x the slowest branch's time).",
     )
     stall_timeout_s: float = Field(30.0, gt=0, description="Watchdog: a branch silent this long is reported stalled.")
     max_count_age_ms: float = Field(

@@ -271,16 +271,6 @@ class FusionState:
         if p is not None and b in p.scheduled:
             p.result_ts[b] = now
 
-    def drop(self, branch: str, frame_index: int) -> None:
-        """A frame already registered will not get ``branch``'s result (dropped before the branch
-        started it): not waited for any more, missing as ``dropped (queue full)``."""
-        p = self.pending.get(frame_index)
-        if p is None or branch not in p.scheduled:
-            return
-        p.scheduled = p.scheduled - {branch}
-        p.dropped = p.dropped | {branch}
-        p.result_ts.pop(branch, None)
-
     def advance(self, now: float, *, force: bool = False) -> list[_Finalized]:
         """Finalize, in order, the head frames that are complete or past their deadline (all if ``force``)."""
         out: list[_Finalized] = []
@@ -664,14 +654,6 @@ class Fusion:
         with self._lock:
             now = self._clock()
             self.state.add_result(result, now)
-            return self._owed(self.state.advance(now))
-
-    def drop(self, branch: str, frame_index: int) -> list[Published]:
-        """``branch`` will not deliver frame ``frame_index`` (the orchestrator dropped it for a
-        newer frame); publishes what that completes."""
-        with self._lock:
-            now = self._clock()
-            self.state.drop(branch, frame_index)
             return self._owed(self.state.advance(now))
 
     def poll(self, now: float) -> list[Published]:

@@ -176,14 +176,6 @@ class _FrameItem:
 
 
 @dataclass(frozen=True, slots=True)
-class _Dropped:
-    """A frame already handed to fusion was dropped for a branch before the branch started it."""
-
-    branch: str
-    frame_index: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Done:
     """A producer (the worker or a branch thread) will put nothing more into the inbox."""
 
@@ -206,11 +198,10 @@ class _Heartbeat:
 class _Ports(Protocol):
     """What a submit policy may do with a frame (the orchestrator's own methods)."""
 
-    def put_inbox(self, item: _FrameItem | BranchResult | _Dropped) -> bool: ...
+    def put_inbox(self, item: _FrameItem | BranchResult) -> bool: ...
 
     def has_room(self, branch: str) -> bool: ...
 
-    def evict_oldest(self, branch: str) -> Frame | None: ...
 
     def enqueue_now(self, branch: str, frame: Frame) -> None: ...
 
@@ -238,30 +229,31 @@ def _let_go(frame: Frame, n: int) -> None:
 
 
 class DropWhenFull:
-    """Live sources and realtime files: the newest frame wins. A due branch whose queue is full
-    gives up the frame it has queued (not started yet) for the new one: that older frame is then
-    dropped for this branch (counted as ``<branch>:queue_full``, a ``drop`` event, and fusion told
-    at once, so its counts say ``dropped`` instead of waiting for a timeout). A slow branch thus
-    always starts on the newest frame, whatever its speed, and the frames it finishes are recent
-    enough to be counted. Queues hold ``fusion.live_queue_size`` frames (1 by default)."""
+    """Live sources and realtime files: a frame goes to all its due branches or to none. When a
+    due branch's queue is full, the frame is dropped for every due branch (counted per branch:
+    ``<branch>:queue_full`` for the full one, ``<branch>:frame_skipped`` for the others), since a
+    frame some branch never sees cannot be counted; the branches keep working on the same frames,
+    so the frames they take come out complete. Fusion gets every frame, with the branches that
+    took it or the ones it was dropped for. Queues hold ``fusion.live_queue_size`` frames (1 by
+    default), so a slow branch works on a recent frame instead of falling further behind."""
 
     threaded = True
 
     def submit(self, ports: _Ports, frame: Frame, due: Sequence[Branch], item: _FrameItem) -> bool:
-        for b in due:
-            if not ports.has_room(b.name):
-                old = ports.evict_oldest(b.name)
-                if old is not None:  # the branch had not started it: dropped for this branch
-                    ports.count_drop(b.name, old, "queue_full")
-                    if not ports.put_inbox(_Dropped(b.name, old.meta.frame_index)):
-                        return False
-                    _let_go(old, 1)
-        if frame.lease is not None:
-            frame.lease.hold(len(due))
-        for b in due:  # the worker is the queues' only producer: the room it made is still there
-            ports.enqueue_now(b.name, frame)
+        full = [b.name for b in due if not ports.has_room(b.name)]
+        if full:
+            for b in due:
+                ports.count_drop(b.name, frame, "queue_full" if b.name in full else "frame_skipped")
+            accepted: tuple[str, ...] = ()
+            dropped = tuple(b.name for b in due)
+        else:
+            if frame.lease is not None:
+                frame.lease.hold(len(due))
+            for b in due:  # the worker is the queues' only producer: the room it saw is still there
+                ports.enqueue_now(b.name, frame)
+            accepted, dropped = tuple(b.name for b in due), ()
         timings = replace(item.timings, queue_depths=ports.queue_depths())
-        return ports.put_inbox(replace(item, scheduled=tuple(b.name for b in due), timings=timings))
+        return ports.put_inbox(replace(item, scheduled=accepted, dropped=dropped, timings=timings))
 
 
 class WaitForRoom:
@@ -363,7 +355,7 @@ class Orchestrator:
         )
         # Holds what the worker and the branches hand to fusion; bounded, and sized so that it
         # only fills when fusion or a sink falls behind (then the producers wait).
-        self._inbox: queue.Queue[_FrameItem | BranchResult | _Dropped | _Done] = queue.Queue(
+        self._inbox: queue.Queue[_FrameItem | BranchResult | _Done] = queue.Queue(
             maxsize=max(16, 2 * cfg.queue_size * (len(branches) + 1))
         )
         self._commands: queue.Queue[str] = queue.Queue(maxsize=16)
@@ -565,7 +557,7 @@ class Orchestrator:
 
     # The ports a submit policy uses.
 
-    def put_inbox(self, item: _FrameItem | BranchResult | _Dropped) -> bool:
+    def put_inbox(self, item: _FrameItem | BranchResult) -> bool:
         return self._put(self._inbox, item)
 
     def queue_depths(self) -> dict[str, int]:
@@ -587,21 +579,13 @@ class Orchestrator:
     def enqueue_now(self, branch: str, frame: Frame) -> None:
         self._queues[branch].put_nowait(frame)
 
-    def evict_oldest(self, branch: str) -> Frame | None:
-        """Take the oldest frame out of a branch's queue (None when the branch took it meanwhile)."""
-        try:
-            item = self._queues[branch].get_nowait()
-        except queue.Empty:
-            return None
-        return item if isinstance(item, Frame) else None
-
     def count_drop(self, branch: str, frame: Frame, reason: str) -> None:
         with self._lock:
             key = f"{branch}:{reason}"
             self._drops[key] += 1
             n = self._drops[key]
         idx = frame.meta.frame_index
-        why = "queue full, a newer frame took its place" if reason == "queue_full" else reason
+        why = "queue full" if reason == "queue_full" else "another branch's queue was full"
         if n == 1 or n % _DROP_EVENT_EVERY == 0:
             message = f"frame {idx} dropped for branch {branch}: {why} ({n} so far)"
             log.warning(message)
@@ -670,7 +654,7 @@ class Orchestrator:
             while not self._stop.is_set():
                 self._run_commands()
                 try:
-                    item: _FrameItem | BranchResult | _Dropped | _Done | None = self._inbox.get(timeout=self._poll_s)
+                    item: _FrameItem | BranchResult | _Done | None = self._inbox.get(timeout=self._poll_s)
                 except queue.Empty:
                     item = None
                 if isinstance(item, _Done):
@@ -713,13 +697,11 @@ class Orchestrator:
             self._stop.set()  # lets the watchdog go
             self._deliver_events()
 
-    def _handle(self, item: _FrameItem | BranchResult | _Dropped) -> list[Published]:
+    def _handle(self, item: _FrameItem | BranchResult) -> list[Published]:
         if isinstance(item, _FrameItem):
             with self._lock:
                 self._last_frame_index = item.meta.frame_index
             return self._fusion.on_frame(item.meta, item.scheduled, item.image, item.timings, item.dropped)
-        if isinstance(item, _Dropped):
-            return self._fusion.drop(item.branch, item.frame_index)
         return self._fusion.push(item)
 
     def _run_commands(self) -> None:

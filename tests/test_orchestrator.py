@@ -458,9 +458,10 @@ def test_a_live_switch_loses_no_frame_and_publishes_none_twice(probe: FusionProb
     assert rig.orch.status.frames_published == 13 and rig.orch.status.metadata_published == 5
 
 
-def test_a_full_queue_gives_its_frame_up_for_the_newest_and_the_dropped_frame_is_unknown(probe: FusionProbe) -> None:
-    """Live sources: the newest frame wins. A slow branch's queued frame (not started) is dropped
-    for a newer one, fusion is told at once (no timeout), and no older result stands in for it."""
+def test_a_full_queue_drops_the_frame_for_every_branch_and_its_counts_are_unknown(probe: FusionProbe) -> None:
+    """Live sources: a frame that finds one due branch's queue full goes to none of its branches
+    (a frame some branch never sees cannot be counted), so the branches keep working on the same
+    frames and the frames they take come out complete."""
     clock = ManualClock()
     fast, slow = GatedBranch("fast", clock, held=False), GatedBranch("slow", clock)
     rig = Rig(STRICT, [fast, slow], clock, probe, frames=6, on_full="drop", queue_size=1)
@@ -468,28 +469,30 @@ def test_a_full_queue_gives_its_frame_up_for_the_newest_and_the_dropped_frame_is
         rig.feed(0)
         assert slow.wait_started(0)  # slow is busy on frame 0, its queue empty
         rig.wait_result("fast", 0)
-        for n in range(1, 6):  # frame 1 fills slow's queue; 2..5 each take the place of the one before
+        rig.feed(1)  # fills slow's queue
+        rig.wait_result("fast", 1)
+        for n in range(2, 6):  # frames 2..5 find slow's queue full: dropped for both
             rig.feed(n)
-            rig.wait_result("fast", n)
-        assert rig.orch.status.drops == {"slow:queue_full": 4}
-        assert [r.frame.frame_index for r in rig.sink.results] == []  # frame 0 still waits for slow
-        slow.release_all()
+        assert rig.orch.status.drops == {"slow:queue_full": 4, "fast:frame_skipped": 4}
         rig.finish()
     st = rig.orch.status
-    assert st.drops == {"slow:queue_full": 4}
-    assert sorted(slow.done) == [0, 5] and sorted(fast.done) == list(range(6))
+    assert st.drops == {"slow:queue_full": 4, "fast:frame_skipped": 4}
+    assert sorted(slow.done) == [0, 1] and sorted(fast.done) == [0, 1]
     assert [r.frame.frame_index for r in rig.sink.results] == list(range(6))
-    for r in (rig.sink.results[0], rig.sink.results[5]):  # complete, counted
+    for r in rig.sink.results[:2]:  # taken by both: complete, counted
         assert not r.partial and r.counts.known
         assert {o.branch: o.frame_index for o in r.overlays} == {"fast": r.frame.frame_index, "slow": r.frame.frame_index}
-    for r in rig.sink.results[1:5]:  # dropped for slow: unknown, never completed from another frame
-        assert r.missing == {"slow": DROPPED}
-        assert r.counts.fused is None and r.counts.unknown_reason == "dropped: slow (queue full)"
-        assert {o.branch for o in r.overlays} == {"fast"}
-    assert st.partial_frames == 4 and st.late_results == 0
-    drops = [e for e in rig.sink.events if e.kind == "drop"]
-    assert len(drops) == 1 and drops[0].frame_index == 1
-    assert drops[0].data == {"branch": "slow", "reason": "queue_full", "count": 1}
+    for r in rig.sink.results[2:]:  # no older result stands in for a dropped one
+        assert r.missing == {"fast": DROPPED, "slow": DROPPED}
+        assert r.counts.fused is None
+        assert r.counts.unknown_reason == "dropped: fast (queue full); dropped: slow (queue full)"
+        assert r.timings.wait_for_ms == {}  # nothing waited for
+        assert r.overlays == ()
+    for r in rig.sink.results[1:]:
+        assert r.timings.frame.queue_depths["slow"] == 1
+    assert st.partial_frames == 4
+    drops = sorted((e.data["branch"], e.data["reason"], e.frame_index) for e in rig.sink.events if e.kind == "drop")
+    assert drops == [("fast", "frame_skipped", 2), ("slow", "queue_full", 2)]
 
 
 def test_async_overlay_with_backpressure_publishes_each_frame_before_waiting_for_queue_room(
