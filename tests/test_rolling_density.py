@@ -54,9 +54,11 @@ def test_spread_branch_matches_the_whole_grid_once_every_tile_ran() -> None:
         assert r.density is not None
         np.testing.assert_allclose(r.density.density, expected.density, rtol=1e-4, atol=1e-6)
         assert r.density.count == pytest.approx(expected.count, rel=1e-4)
-    # each frame ran only its third of the 8 tiles: 3, 3, 2 tiles
-    sizes = [len(range(k, 8, 3)) for k in range(3)]
-    assert sizes == [3, 3, 2]
+    # each frame ran only its third of the 8 tiles: tiles 0,3,6 / 1,4,7 / 2,5 (the phases' own plans,
+    # and what each frame's preprocessing produced)
+    phases = [p.run(frame(k, image)) for k, p in enumerate(rolling.preprocessors)]
+    assert [o.plan.indices.tolist() for o in phases] == [[0, 3, 6], [1, 4, 7], [2, 5]]  # type: ignore[union-attr]
+    assert [o.tensor.shape[0] for o in phases] == [3, 3, 2]
 
 
 @needs_csrnet
