@@ -8,8 +8,8 @@ by name from :data:`STRATEGIES` and switchable at run time:
   partial with the missing branches named. Frames are published in frame order.
 - ``ASYNC_OVERLAY`` (:class:`AsyncOverlay`): every decoded frame is published at once with each
   branch's newest result, whatever frame it was computed on; ``overlays`` give, per branch, that
-  frame and its age. Its counts are those of the latest finalized frame, when they are younger
-  than ``max_count_age_ms``.
+  frame and its age. Its counts are those of the newest finalized frame whose count is known,
+  while younger than ``max_count_age_ms``.
 - ``RAW_STREAM_WITH_METADATA`` (:class:`RawStreamWithMetadata`): every decoded frame is published
   at once without branch data (``raw=True``; meta and, when given, the image); separately a
   :class:`~pipeline.types.MetadataRecord` per frame once the frame is finalized, keyed by
@@ -40,8 +40,9 @@ missing branches make its count unknown (see the count contract in
 So, with every result in time, the same frames give the same counts under any strategy and any
 arrival order: STRICT_SYNC publishes, for frame N, ``counts = combine(S(N), ...)``;
 RAW_STREAM_WITH_METADATA's record for N carries the same counts; ASYNC_OVERLAY publishes frame N
-with the counts of the latest finalized frame K <= N (``counts_frame_index == K``), equal to
-STRICT_SYNC's counts for K, or unknown when they are older than ``max_count_age_ms``; its
+with the counts of the newest finalized frame K <= N whose count is known (``counts_frame_index
+== K``), equal to STRICT_SYNC's counts for K, or unknown when they are older than
+``max_count_age_ms``; its
 detections and density map are each branch's newest instead (fresher, not a set any one frame
 had). A late result still updates the newest result that overlays use.
 
@@ -202,6 +203,8 @@ class FusionState:
         self.unreported: list[BranchTimings] = []
         """Branch work not yet attached to a publication (see the module docs)."""
         self.last_finalized: _Finalized | None = None
+        self.last_counted: _Finalized | None = None
+        """The newest finalized frame whose count is known (ASYNC_OVERLAY shows its counts)."""
         self.last_frame_index = -1
         self.finalized_upto = -1
         self.late_results = 0
@@ -353,6 +356,8 @@ class FusionState:
         del self.pending[idx]
         self.finalized_upto = idx
         self.last_finalized = fin
+        if counts.known:
+            self.last_counted = fin
         self.finalized_frames += 1
         self.partial_frames += bool(missing)
         for b in self.rates:
@@ -507,16 +512,26 @@ class AsyncOverlay:
         return out
 
     def _counts(self, state: FusionState, meta: FrameMeta, now: float) -> tuple[CountResult, int | None, float | None]:
-        fin = state.last_finalized
-        if fin is None:  # (not through combine: a counter counts each finalized frame once, in order)
+        """The counts of the newest finalized frame whose count is known, while younger than
+        ``max_count_age_ms``; else unknown: stale, the newest finalized frame's reason, or warming up."""
+        fin = state.last_counted
+        if fin is not None:
+            k = fin.pending.meta
+            age_ms = (now - k.decode_ts) * 1000.0
+            if age_ms <= self._max_age_ms:
+                return fin.counts, k.frame_index, age_ms
+        last = state.last_finalized
+        if last is None:  # (not through combine: a counter counts each finalized frame once, in order)
             reason = missing_reason(dict.fromkeys(state.rates, WARMING_UP)) or WARMING_UP
             return CountResult.unknown(reason, "none"), None, None
-        k = fin.pending.meta
+        k = last.pending.meta
         age_ms = (now - k.decode_ts) * 1000.0
-        c = fin.counts
-        if c.known and age_ms > self._max_age_ms:
-            reason = f"stale: counts of frame {k.frame_index} are {age_ms:.0f} ms old (max {self._max_age_ms:.0f})"
-            c = CountResult.unknown(reason, c.policy, tuple(c.zones))
+        c = last.counts
+        if fin is not None:
+            kk = fin.pending.meta
+            old_ms = (now - kk.decode_ts) * 1000.0
+            reason = f"stale: counts of frame {kk.frame_index} are {old_ms:.0f} ms old (max {self._max_age_ms:.0f})"
+            c = CountResult.unknown(reason, fin.counts.policy, tuple(fin.counts.zones))
         return c, k.frame_index, age_ms
 
     def _publish(self, state: FusionState, p: _Pending, now: float) -> FusedResult:

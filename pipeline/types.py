@@ -450,7 +450,7 @@ class FusedResult:
     None. ``overlays`` tells, per branch, which frame its part came from and how old it is.
 
     The count contract: ``counts`` is the count of ``counts_frame_index`` (the frame itself under
-    STRICT_SYNC; the latest finalized frame under ASYNC_OVERLAY, None before the first), made of
+    STRICT_SYNC; under ASYNC_OVERLAY the newest finalized frame with a known count, None before the first), made of
     that frame's results, ``counts_age_ms`` old at publication; or it is unknown
     (``counts.fused is None``) with its reason. ``missing`` names the branches whose result for
     the counted frame is absent, and why (``late``, ``dropped (queue full)``, ``failed: ...``);
