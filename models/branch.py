@@ -148,6 +148,13 @@ def cancel_backend(backend: Any) -> None:
         cancel()
 
 
+def resume_backend(backend: Any) -> None:
+    """Undo :func:`cancel_backend` before a new run reuses the backend."""
+    resume = getattr(backend, "resume", None)
+    if resume is not None:
+        resume()
+
+
 @dataclass(eq=False, slots=True)
 class ModelBranch:
     """``run(frame) -> BranchResult`` for one input spec and one adapter (detections or density).
@@ -176,9 +183,7 @@ class ModelBranch:
         cancel_backend(self.runner.backend)
 
     def resume(self) -> None:
-        resume = getattr(self.runner.backend, "resume", None)
-        if resume is not None:
-            resume()
+        resume_backend(self.runner.backend)
 
     def close(self) -> None:
         self.runner.backend.close()
@@ -262,9 +267,7 @@ class RollingDensityBranch:
         cancel_backend(self.runner.backend)
 
     def resume(self) -> None:
-        resume = getattr(self.runner.backend, "resume", None)
-        if resume is not None:
-            resume()
+        resume_backend(self.runner.backend)
 
     def close(self) -> None:
         self.runner.backend.close()
@@ -319,9 +322,7 @@ class OneCallYoloBranch:
         cancel_backend(self.runner.backend)
 
     def resume(self) -> None:
-        resume = getattr(self.runner.backend, "resume", None)
-        if resume is not None:
-            resume()
+        resume_backend(self.runner.backend)
 
     def close(self) -> None:
         self.runner.backend.close()
