@@ -8,7 +8,7 @@ config by :func:`branch_role`; the merge and the counts are :mod:`pipeline.count
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +43,11 @@ def branch_role(cfg: PipelineConfig, name: str) -> Role:
     return "global" if cfg.preprocess[b.inputs[0]].kind == "letterbox" else "tiles"
 
 
+def _tracks_reason(reason: str | None) -> str:
+    reason = reason or "warming up"
+    return reason if reason.startswith("tracks") else f"tracks {reason}"
+
+
 @dataclass(frozen=True, slots=True)
 class FrameCounter:
     """``counter(results, frame, missing) -> (merged detections, density map or None, counts)``.
@@ -62,6 +67,10 @@ class FrameCounter:
 
     counting: CountingConfig
     roles: Mapping[str, Role]
+    max_track_gap_s: float = 1.0
+    """``tracking.max_gap_s``: further apart than this, tracked frames give no count from tracks."""
+    _last_tracked_pts: list[float] = field(default_factory=list)
+    """The pts of the previous frame the tracker saw with complete detections (state over time)."""
     tracker: Any = None
     """A ``pipeline.tracking.PeopleTracker`` (tracking on), fed once per finalized frame: the count
     is then made of confirmed tracks. Stateful: one counter per stream and run."""
@@ -83,7 +92,7 @@ class FrameCounter:
 
             tracker = PeopleTracker(cfg.tracking, frame_rate or 30.0, zones=cfg.counting.zones)
         roles = {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled}
-        return cls(cfg.counting, roles, tracker=tracker)
+        return cls(cfg.counting, roles, tracker=tracker, max_track_gap_s=cfg.tracking.max_gap_s)
 
     def merge(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None]:
         """The branches' detections merged (global and tiles, IoS over the tiles' rectangles) and
@@ -137,7 +146,7 @@ class FrameCounter:
         counts = replace(counts, detection=len(merged), tracking=tracked)
         if tracked is not None and tracked.confirmed_count is None and not missing:
             counts = replace(
-                CountResult.unknown(f"tracks {tracked.unknown_reason or 'warming up'}", counts.policy, tuple(counts.zones)),
+                CountResult.unknown(_tracks_reason(tracked.unknown_reason), counts.policy, tuple(counts.zones)),
                 detection=counts.detection, density=counts.density, tracking=tracked,
             )
         counts = replace(counts, calibration=calibration)
@@ -155,6 +164,12 @@ class FrameCounter:
             return merged, None
         known = not any(self.roles.get(b) != "density" for b in (missing or {}))
         tracked = self.tracker.update(merged, frame, known=known)
+        if known:
+            gap = frame.pts - self._last_tracked_pts[0] if self._last_tracked_pts else 0.0
+            self._last_tracked_pts[:] = [frame.pts]
+            if gap > self.max_track_gap_s:  # tracks could not follow: their count is no count
+                reason = f"tracks: {gap:.1f} s since the last tracked frame (max {self.max_track_gap_s:g})"
+                return merged, replace(tracked, confirmed_count=None, unknown_reason=reason)
         if tracked.confirmed_count is None:
             return merged, tracked
         boxes = [t for t in tracked.tracks if t.counted]

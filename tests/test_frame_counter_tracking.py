@@ -1,0 +1,55 @@
+"""The counter with tracking: counts from confirmed tracks, and no count from tracks that could not
+follow (frames too far apart in stream time): unknown with its reason, never 0 for people present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from config.schema import PipelineConfig
+from pipeline.frame_counter import FrameCounter
+from pipeline.types import BranchResult, Detections, FrameMeta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def counter(max_gap_s: float = 1.0) -> FrameCounter:
+    data = yaml.safe_load((ROOT / "config/pipeline.yaml").read_text())
+    data["branches"]["yolo_tiles"]["enabled"] = False
+    data["branches"]["density"]["enabled"] = False
+    data["counting"]["policy"] = "detections"
+    data["tracking"]["max_gap_s"] = max_gap_s
+    return FrameCounter.from_config(PipelineConfig.model_validate(data), frame_rate=10.0)
+
+
+def walkers(t: float, n: int = 3) -> Detections:
+    """``n`` people walking right at 40 px/s, 60x150 px boxes, apart from each other."""
+    x0 = 100.0 + 40.0 * t + 200.0 * np.arange(n)
+    xyxy = np.stack([x0, np.full(n, 200.0), x0 + 60, np.full(n, 350.0)], axis=1).astype(np.float32)
+    return Detections(xyxy, np.full(n, 0.9, np.float32), np.zeros(n, np.int32), np.full(n, -1, np.int32))
+
+
+def count_at(c: FrameCounter, index: int, pts: float):  # type: ignore[no-untyped-def]
+    meta = FrameMeta("cam0", index, pts, pts, 1280, 720)
+    result = BranchResult(meta, "yolo_global", detections=walkers(pts))
+    return c({"yolo_global": result}, meta, {})[2]
+
+
+def test_tracks_confirm_over_close_frames_and_count_the_people() -> None:
+    c = counter()
+    counts = [count_at(c, i, i / 10) for i in range(6)]
+    assert [x.fused for x in counts[:2]] == [None, None]  # tracks warming up (min_confirm_frames 3)
+    assert all("warming up" in (x.unknown_reason or "") for x in counts[:2])
+    assert [x.fused for x in counts[2:]] == [3.0, 3.0, 3.0, 3.0]
+    assert all(x.detection == 3 for x in counts)
+
+
+def test_frames_too_far_apart_for_tracks_give_an_unknown_count_not_zero() -> None:
+    c = counter(max_gap_s=1.0)
+    # a detector far slower than the stream: the tracker sees a frame every 2.5 s
+    counts = [count_at(c, i * 25, i * 2.5) for i in range(6)]
+    for x in counts[1:]:
+        assert x.fused is None and x.detection == 3  # the raw count stays; no 0 for three people
+        assert "since the last tracked frame" in (x.unknown_reason or "")
