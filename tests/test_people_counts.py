@@ -43,6 +43,7 @@ def yolo_branches():  # type: ignore[no-untyped-def]
     cfg = load_pipeline_config(ROOT / "config/pipeline.yaml")
     data = cfg.model_dump(mode="json")
     data["models"]["person"]["path"] = str(DETECTOR)
+    data["tracking"]["enabled"] = False  # one frame at a time: per-frame detection counts (tracking: test_tracking)
     cfg = type(cfg).model_validate(data)
     branches = {b.name: b for b in make_branches(cfg, only={"yolo_global", "yolo_tiles"})}
     yield cfg, branches
