@@ -69,8 +69,11 @@ class FrameCounter:
     roles: Mapping[str, Role]
     max_track_gap_s: float = 1.0
     """``tracking.max_gap_s``: further apart than this, tracked frames give no count from tracks."""
-    _last_tracked_pts: list[float] = field(default_factory=list)
-    """The pts of the previous frame the tracker saw with complete detections (state over time)."""
+    min_track_frames: int = 3
+    """``tracking.min_confirm_frames``: close frames in a row before tracks count again after a gap."""
+    _track_state: list[float] = field(default_factory=list)
+    """[pts of the previous frame the tracker saw with complete detections, close frames in a row,
+    1.0 while those frames follow a gap]."""
     tracker: Any = None
     """A ``pipeline.tracking.PeopleTracker`` (tracking on), fed once per finalized frame: the count
     is then made of confirmed tracks. Stateful: one counter per stream and run."""
@@ -92,7 +95,10 @@ class FrameCounter:
 
             tracker = PeopleTracker(cfg.tracking, frame_rate or 30.0, zones=cfg.counting.zones)
         roles = {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled}
-        return cls(cfg.counting, roles, tracker=tracker, max_track_gap_s=cfg.tracking.max_gap_s)
+        return cls(
+            cfg.counting, roles, tracker=tracker, max_track_gap_s=cfg.tracking.max_gap_s,
+            min_track_frames=cfg.tracking.min_confirm_frames,
+        )
 
     def merge(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None]:
         """The branches' detections merged (global and tiles, IoS over the tiles' rectangles) and
@@ -165,10 +171,20 @@ class FrameCounter:
         known = not any(self.roles.get(b) != "density" for b in (missing or {}))
         tracked = self.tracker.update(merged, frame, known=known)
         if known:
-            gap = frame.pts - self._last_tracked_pts[0] if self._last_tracked_pts else 0.0
-            self._last_tracked_pts[:] = [frame.pts]
-            if gap > self.max_track_gap_s:  # tracks could not follow: their count is no count
+            # Tracks confirm over consecutive close frames: after a gap (a detector far slower than
+            # the stream) their count is no count until min_confirm_frames close frames again.
+            last = self._track_state
+            gap = frame.pts - last[0] if last else 0.0
+            after_gap = gap > self.max_track_gap_s or (bool(last) and bool(last[2]))
+            streak = 1 if gap > self.max_track_gap_s or not last else int(last[1]) + 1
+            self._track_state[:] = [frame.pts, streak, float(after_gap and streak <= self.min_track_frames)]
+            if gap > self.max_track_gap_s:
                 reason = f"tracks: {gap:.1f} s since the last tracked frame (max {self.max_track_gap_s:g})"
+                return merged, replace(tracked, confirmed_count=None, unknown_reason=reason)
+            # (a track made after a gap is activated on its second frame, then confirmed after
+            # min_confirm_frames matches)
+            if after_gap and streak <= self.min_track_frames:
+                reason = f"tracks warming up after a gap ({streak} of {self.min_track_frames + 1} close frames)"
                 return merged, replace(tracked, confirmed_count=None, unknown_reason=reason)
         if tracked.confirmed_count is None:
             return merged, tracked

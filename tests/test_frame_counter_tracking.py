@@ -24,16 +24,16 @@ def counter(max_gap_s: float = 1.0) -> FrameCounter:
     return FrameCounter.from_config(PipelineConfig.model_validate(data), frame_rate=10.0)
 
 
-def walkers(t: float, n: int = 3) -> Detections:
+def walkers(t: float, n: int = 3, y: float = 200.0) -> Detections:
     """``n`` people walking right at 40 px/s, 60x150 px boxes, apart from each other."""
     x0 = 100.0 + 40.0 * t + 200.0 * np.arange(n)
-    xyxy = np.stack([x0, np.full(n, 200.0), x0 + 60, np.full(n, 350.0)], axis=1).astype(np.float32)
+    xyxy = np.stack([x0, np.full(n, y), x0 + 60, np.full(n, y + 150)], axis=1).astype(np.float32)
     return Detections(xyxy, np.full(n, 0.9, np.float32), np.zeros(n, np.int32), np.full(n, -1, np.int32))
 
 
-def count_at(c: FrameCounter, index: int, pts: float):  # type: ignore[no-untyped-def]
+def count_at(c: FrameCounter, index: int, pts: float, y: float = 200.0):  # type: ignore[no-untyped-def]
     meta = FrameMeta("cam0", index, pts, pts, 1280, 720)
-    result = BranchResult(meta, "yolo_global", detections=walkers(pts))
+    result = BranchResult(meta, "yolo_global", detections=walkers(pts, y=y))
     return c({"yolo_global": result}, meta, {})[2]
 
 
@@ -53,3 +53,15 @@ def test_frames_too_far_apart_for_tracks_give_an_unknown_count_not_zero() -> Non
     for x in counts[1:]:
         assert x.fused is None and x.detection == 3  # the raw count stays; no 0 for three people
         assert "since the last tracked frame" in (x.unknown_reason or "")
+
+
+def test_after_a_gap_tracks_count_again_only_after_close_frames() -> None:
+    c = counter(max_gap_s=1.0)
+    for i in range(4):
+        assert (count_at(c, i, i / 10).fused is None) == (i < 2)
+    # 9.7 s later, other people (elsewhere), then close frames
+    after = [count_at(c, 100 + i, 10.0 + i / 10, y=450.0) for i in range(6)]
+    assert "since the last tracked frame" in (after[0].unknown_reason or "")
+    assert all("warming up after a gap" in (x.unknown_reason or "") for x in after[1:3])
+    assert [x.fused for x in after[3:]] == [3.0, 3.0, 3.0]  # never 0 for the three people
+    assert all(x.detection == 3 for x in after)
