@@ -388,8 +388,8 @@ class TrackingConfig(_Strict):
     max_gap_s: float = Field(
         1.0, gt=0,
         description="Tracks need frames close in time: when the tracker's previous frame is further back than this "
-        "(seconds of stream time: a detector far slower than the stream), the count from tracks is unknown for that "
-        "frame (the raw detection count stays), instead of 0 for people whose tracks could not be confirmed.",
+        "(seconds of stream time: a detector far slower than the stream), tracks cannot count that frame (nor the "
+        "next min_confirm_frames): its count is its own detections, labelled so, never 0 for unconfirmed people.",
     )
     match_threshold: float = Field(
         0.8, gt=0, le=1, description="ByteTrack's largest matching cost (1 - IoU, fused with the score) of a track and a detection."

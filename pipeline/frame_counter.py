@@ -56,6 +56,11 @@ class FrameCounter:
     are left out. Global and tile detections are merged (IoS matching over the tiles' rectangles,
     ``counting.merge``), then counted with the density map (``counting.hybrid``, per zone).
 
+    With a tracker, the count is made of confirmed, counted tracks; on a frame where tracks cannot
+    count (the first frames; after a gap longer than ``tracking.max_gap_s``, until tracks confirm
+    again) it is made of the frame's own detections, and ``CountResult.policy`` says so
+    (``detections(tracks warming up)->detections``).
+
     The count contract: ``missing`` names the branches whose result for this frame is absent, and
     why. The detection count is unknown when a detection branch is missing, the density count when
     the density branch is, and the fused count when a branch its policy needs is missing
@@ -151,10 +156,9 @@ class FrameCounter:
         counts = hybrid_count(counted, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)
         counts = replace(counts, detection=len(merged), tracking=tracked)
         if tracked is not None and tracked.confirmed_count is None and not missing:
-            counts = replace(
-                CountResult.unknown(_tracks_reason(tracked.unknown_reason), counts.policy, tuple(counts.zones)),
-                detection=counts.detection, density=counts.density, tracking=tracked,
-            )
+            # Tracks cannot count this frame (warming up, or frames too far apart for them to
+            # follow): the count is the frame's own detections, and its policy label says so.
+            counts = replace(counts, policy=f"{counts.policy}({_tracks_reason(tracked.unknown_reason)})->detections")
         counts = replace(counts, calibration=calibration)
         if missing:
             counts = replace(self._with_missing(counts, missing), calibration=calibration)

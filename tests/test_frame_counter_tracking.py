@@ -1,5 +1,6 @@
-"""The counter with tracking: counts from confirmed tracks, and no count from tracks that could not
-follow (frames too far apart in stream time): unknown with its reason, never 0 for people present."""
+"""The counter with tracking: counts from confirmed tracks; where tracks cannot count (the first
+frames, frames too far apart in stream time), the frame's own detections, labelled as such: never 0
+for people present."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def count_at(c: FrameCounter, index: int, pts: float, y: float = 200.0):  # type
 def test_tracks_confirm_over_close_frames_and_count_the_people() -> None:
     c = counter()
     counts = [count_at(c, i, i / 10) for i in range(6)]
-    assert [x.fused for x in counts[:2]] == [None, None]  # tracks warming up (min_confirm_frames 3)
-    assert all("warming up" in (x.unknown_reason or "") for x in counts[:2])
-    assert [x.fused for x in counts[2:]] == [3.0, 3.0, 3.0, 3.0]
+    assert all("tracks warming up" in x.policy for x in counts[:2])  # min_confirm_frames 3: the detections
+    assert [x.fused for x in counts] == [3.0] * 6
+    assert all(x.policy == "detections" for x in counts[2:])  # confirmed tracks
     assert all(x.detection == 3 for x in counts)
 
 
@@ -51,17 +52,18 @@ def test_frames_too_far_apart_for_tracks_give_an_unknown_count_not_zero() -> Non
     # a detector far slower than the stream: the tracker sees a frame every 2.5 s
     counts = [count_at(c, i * 25, i * 2.5) for i in range(6)]
     for x in counts[1:]:
-        assert x.fused is None and x.detection == 3  # the raw count stays; no 0 for three people
-        assert "since the last tracked frame" in (x.unknown_reason or "")
+        assert x.fused == 3.0 and x.detection == 3  # the frame's own detections; no 0 for three people
+        assert "since the last tracked frame" in x.policy and x.policy.endswith("->detections")
 
 
 def test_after_a_gap_tracks_count_again_only_after_close_frames() -> None:
     c = counter(max_gap_s=1.0)
     for i in range(4):
-        assert (count_at(c, i, i / 10).fused is None) == (i < 2)
+        assert ("tracks" in count_at(c, i, i / 10).policy) == (i < 2)
     # 9.7 s later, other people (elsewhere), then close frames
     after = [count_at(c, 100 + i, 10.0 + i / 10, y=450.0) for i in range(6)]
-    assert "since the last tracked frame" in (after[0].unknown_reason or "")
-    assert all("warming up after a gap" in (x.unknown_reason or "") for x in after[1:3])
-    assert [x.fused for x in after[3:]] == [3.0, 3.0, 3.0]  # never 0 for the three people
+    assert "since the last tracked frame" in after[0].policy
+    assert all("warming up after a gap" in x.policy for x in after[1:3])
+    assert [x.fused for x in after] == [3.0] * 6  # never 0 for the three people
+    assert all(x.policy == "detections" for x in after[3:])  # confirmed tracks again
     assert all(x.detection == 3 for x in after)
