@@ -386,7 +386,7 @@ class TrackingConfig(_Strict):
         3.0, gt=0, description="A track unmatched this long (seconds of stream time) is ended; matched again before, it keeps its id."
     )
     max_gap_s: float = Field(
-        1.0, gt=0,
+        0.5, gt=0,
         description="Tracks need frames close in time: when the tracker's previous frame is further back than this "
         "(seconds of stream time: a detector far slower than the stream), tracks cannot count that frame (nor the "
         "next min_confirm_frames): its count is its own detections, labelled so, never 0 for unconfirmed people.",

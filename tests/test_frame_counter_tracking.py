@@ -16,7 +16,7 @@ from pipeline.types import BranchResult, Detections, FrameMeta
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def counter(max_gap_s: float = 1.0) -> FrameCounter:
+def counter(max_gap_s: float = 0.5) -> FrameCounter:
     data = yaml.safe_load((ROOT / "config/pipeline.yaml").read_text())
     data["branches"]["yolo_tiles"]["enabled"] = False
     data["branches"]["density"]["enabled"] = False
@@ -48,7 +48,7 @@ def test_tracks_confirm_over_close_frames_and_count_the_people() -> None:
 
 
 def test_frames_too_far_apart_for_tracks_give_an_unknown_count_not_zero() -> None:
-    c = counter(max_gap_s=1.0)
+    c = counter(max_gap_s=0.5)
     # a detector far slower than the stream: the tracker sees a frame every 2.5 s
     counts = [count_at(c, i * 25, i * 2.5) for i in range(6)]
     for x in counts[1:]:
@@ -57,7 +57,7 @@ def test_frames_too_far_apart_for_tracks_give_an_unknown_count_not_zero() -> Non
 
 
 def test_after_a_gap_tracks_count_again_only_after_close_frames() -> None:
-    c = counter(max_gap_s=1.0)
+    c = counter(max_gap_s=0.5)
     for i in range(4):
         assert ("tracks" in count_at(c, i, i / 10).policy) == (i < 2)
     # 9.7 s later, other people (elsewhere), then close frames
