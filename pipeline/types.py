@@ -299,6 +299,11 @@ class CountResult:
         )
 
 
+def late_branches(missing: Mapping[str, str]) -> tuple[str, ...]:
+    """The branches of ``missing`` that were late (STRICT_SYNC timeout), in its order."""
+    return tuple(b for b, why in missing.items() if why == "late")
+
+
 def missing_reason(missing: Mapping[str, str]) -> str:
     """One line naming each missing branch and why: ``late: yolo_tiles; dropped: density (queue
     full)``. ``missing`` maps branch to fusion's reason (``late``, ``dropped (queue full)``,
@@ -478,7 +483,7 @@ class FusedResult:
 
     @property
     def late_branches(self) -> tuple[str, ...]:
-        return tuple(b for b, why in self.missing.items() if why == "late")
+        return late_branches(self.missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +624,7 @@ class MetadataRecord:
 
     @property
     def late_branches(self) -> tuple[str, ...]:
-        return tuple(b for b, why in self.missing.items() if why == "late")
+        return late_branches(self.missing)
 
     @classmethod
     def from_detections(cls, frame: FrameMeta, dets: Detections, **fields: Any) -> MetadataRecord:
