@@ -391,6 +391,11 @@ class TrackingConfig(_Strict):
         "(seconds of stream time: a detector far slower than the stream), tracks cannot count that frame (nor the "
         "next min_confirm_frames): its count is its own detections, labelled so, never 0 for unconfirmed people.",
     )
+    engine: Literal["arrays", "supervision"] = Field(
+        "arrays",
+        description="ByteTrack's implementation: arrays (pipeline.bytetrack: supervision 0.30's algorithm and ids on "
+        "arrays, ~9x faster at 130 people) or supervision (its own ByteTrack, one Python object per track).",
+    )
     match_threshold: float = Field(
         0.8, gt=0, le=1, description="ByteTrack's largest matching cost (1 - IoU, fused with the score) of a track and a detection."
     )

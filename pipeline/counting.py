@@ -383,10 +383,13 @@ def region_density(density: DensityMap, frame_wh: tuple[int, int], rows: int, co
     xs, ys = _cell_axes(density)
     row_of = _region_index(ys, frame_wh[1], rows)
     col_of = _region_index(xs, frame_wh[0], cols)
-    by_row = np.zeros((rows, density.density.shape[1]), np.float64)
-    np.add.at(by_row, row_of, density.density.astype(np.float64))  # (rows, W'): sum of cell rows
-    out = np.zeros((rows, cols), np.float64)
-    np.add.at(out.T, col_of, by_row.T)
+    # one-hot (rows, H') @ map (H', W') @ one-hot (W', cols): two small matrix products, not a
+    # scatter-add per cell (np.add.at is ~100x slower on a 4K map of 130,000 cells)
+    by_row = np.zeros((rows, len(ys)), np.float64)
+    by_row[row_of, np.arange(len(ys))] = 1.0
+    by_col = np.zeros((len(xs), cols), np.float64)
+    by_col[np.arange(len(xs)), col_of] = 1.0
+    out: NDArray[np.float64] = by_row @ density.density.astype(np.float64) @ by_col
     return out
 
 
@@ -415,8 +418,7 @@ def hybrid_count(
     rows, cols = cfg.region_rows, cfg.region_cols
     w, h = frame_wh
     r, c = _region_of(dets.center, frame_wh, rows, cols)
-    k = np.zeros((rows, cols), np.float64)
-    np.add.at(k, (r, c), 1.0)
+    k = np.bincount(r * cols + c, minlength=rows * cols).reshape(rows, cols).astype(np.float64)
     label = str(policy)
     if density is None:
         d = np.zeros((rows, cols), np.float64)

@@ -27,7 +27,7 @@ The calibrated map is F times the region's factor, so it sums to the region coun
 ``max(scale * F + offset, 0)``. What was used is returned as ``pipeline.types.DensityCalibration``
 (scale, offset, samples, frames, fit or prior, and the raw / background / flat people of the frame).
 
-State: the calibrator keeps the previous map, a static counter and the floor per cell, and the
+State: the calibrator keeps the previous map's 3x3 sums, a static counter and the floor per cell, and the
 sample window; it must be called once per counted frame in frame order (``FrameCounter`` is), with
 ``learn=True`` only when the map and the detections are of this very frame and complete. A change
 of map shape (another resolution) starts afresh.
@@ -87,10 +87,13 @@ def fit_scale(f: NDArray[np.floating], k: NDArray[np.floating], min_samples: int
     f, k = f[keep], k[keep]
     if len(f) < min_samples:
         return None
-    if np.ptp(f) > 0:
-        slope, offset = np.polyfit(f, k, 1)
+    fc = f - f.mean()
+    var = float(fc @ fc)
+    if var > 0:  # least squares k = slope * f + offset, closed form
+        slope = float(fc @ (k - k.mean())) / var
+        offset = float(k.mean() - slope * f.mean())
         if slope > 0 and offset <= 0:
-            return float(slope), float(offset)
+            return slope, offset
     return float(k.sum() / f.sum()), 0.0
 
 
@@ -137,7 +140,7 @@ class DensityCalibrator:
         self.cfg: DensityCalibrationConfig = hybrid.calibration
         self.rows, self.cols = hybrid.region_rows, hybrid.region_cols
         self._key: tuple[tuple[int, int], int, tuple[int, int]] | None = None
-        self._prev: NDArray[np.float32] | None = None
+        self._prev_sum: NDArray[np.float64] | None = None
         self._static = np.zeros((0, 0), np.int32)
         self._floor = np.zeros((0, 0), np.float32)
         self._samples: deque[tuple[int, float, float]] = deque(maxlen=self.cfg.window)
@@ -145,7 +148,7 @@ class DensityCalibrator:
 
     def _reset(self, key: tuple[tuple[int, int], int, tuple[int, int]]) -> None:
         self._key = key
-        self._prev = None
+        self._prev_sum = None
         self._static = np.zeros(key[0], np.int32)
         self._floor = np.zeros(key[0], np.float32)
         self._samples.clear()
@@ -186,10 +189,11 @@ class DensityCalibrator:
     def _learn_floor(self, d: NDArray[np.float32], dets: Detections, stride: int) -> None:
         cfg = self.cfg
         covered = _covered(dets, d.shape, stride)
-        if self._prev is None:
+        now = _box_sum(d, 1)
+        if self._prev_sum is None:
             changed = np.ones(d.shape, bool)  # no evidence yet
         else:
-            now, before = _box_sum(d, 1), _box_sum(self._prev, 1)
+            before = self._prev_sum  # the previous map's sums, kept from its call
             changed = np.abs(now - before) > cfg.change_tolerance * np.maximum(now, before) + _ABS_CHANGE
         self._static = np.where(changed | covered, 0, self._static + 1).astype(np.int32)
         static = self._static >= cfg.static_frames
@@ -197,7 +201,7 @@ class DensityCalibrator:
         rate = np.float32(cfg.background_rate)
         learnt = np.where(known, (1 - rate) * self._floor + rate * d, d)
         self._floor = np.where(static, learnt, self._floor).astype(np.float32)
-        self._prev = d
+        self._prev_sum = now
 
     def _filled_floor(self) -> NDArray[np.float32]:
         """The floor, with cells never seen static (walkways) given the mean floor of the learnt

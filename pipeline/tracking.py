@@ -70,6 +70,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from config.schema import LineConfig, TrackingConfig, ZoneConfig
+from pipeline.bytetrack import ArrayByteTrack
 from pipeline.counting import feet, points_in_polygon, zone_polygon
 from pipeline.types import Detections, FrameMeta
 
@@ -363,6 +364,8 @@ class PeopleTracker:
 
     def _associate(self, dets: Detections) -> NDArray[np.int64]:
         """(N,) ByteTrack id per detection, -1 where it gave none (unconfirmed by ByteTrack)."""
+        if isinstance(self._byte_track, ArrayByteTrack):
+            return self._byte_track.update(dets.xyxy, dets.score)
         import supervision as sv
 
         ids = np.full(len(dets), -1, np.int64)
@@ -529,7 +532,16 @@ def _zone_exit(zone: str, s: _TrackState, entered: float, last: float, frame_ind
 
 
 def _make_byte_track(cfg: TrackingConfig, frame_rate: float) -> Any:
-    """supervision's ByteTrack, its deprecation (and OpenCV-absent) warnings silenced here only."""
+    """ByteTrack (``tracking.engine``): :class:`~pipeline.bytetrack.ArrayByteTrack`, or supervision's,
+    its deprecation (and OpenCV-absent) warnings silenced here only. The same parameters for both."""
+    if cfg.engine == "arrays":
+        return ArrayByteTrack(
+            track_activation_threshold=cfg.activation_score,
+            lost_track_buffer=max(1, round(cfg.lost_track_s * 30.0)),
+            minimum_matching_threshold=cfg.match_threshold,
+            frame_rate=frame_rate,
+            minimum_consecutive_frames=1,
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*OpenCV.*", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(supervision|deprecate)(\..*)?")
