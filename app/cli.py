@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preprocess: decode + preprocess only; e2e: whole pipeline; sequential: branches one after another")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
     p.add_argument("--compare", help="a baseline report.json: print per-stage ratios")
+    p.add_argument("--streams", type=positive_int, default=1,
+                   help="N > 1: also run N copies of the stream at once in this process (each its own sessions), "
+                   "and report each one's frames/s, drops and e2e")
     p.add_argument("--realtime", action="store_true",
                    help="deliver the file at its frame rate, like a live camera (latency as a live stream sees it)")
 

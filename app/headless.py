@@ -9,6 +9,7 @@ flushed to the database before exit.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import platform
 import re
@@ -232,6 +233,128 @@ class _StopSignals:
         return None if self.received is None else _SIGNAL_STATUS[self.received]
 
 
+class _StreamStop:
+    """One stream's view of the process's :class:`_StopSignals` when several streams run: a signal
+    stops every stream (each registers its own orchestrator's stop)."""
+
+    def __init__(self, parent: _StopSignals) -> None:
+        self._parent = parent
+        self._fn: Callable[[], None] | None = None
+
+    def on_stop(self, fn: Callable[[], None] | None) -> None:
+        self._fn = fn
+        if fn is not None and self._parent.received is not None:
+            fn()
+
+    def fire(self) -> None:
+        if self._fn is not None:
+            self._fn()
+
+    @property
+    def outcome(self) -> tuple[str, int] | None:
+        return self._parent.outcome
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """How one stream's run of :func:`run_streams` ended: its exit code, summary and run id (None
+    and the error when it could not start: a missing file, an unreachable source, a bad model)."""
+
+    stream_id: str
+    code: int
+    summary: RunSummary | None
+    run_id: int | None
+    error: str | None = None
+
+
+def stream_configs(cfg: PipelineConfig) -> list[PipelineConfig]:
+    """One config per entry of ``streams`` (``streams: [that one]``), the rest shared. CPU sessions
+    split the cores over every stream's branches (``backend.onnxruntime.intra_op_threads: 0``)."""
+    from models.onnxruntime_backend import cpu_thread_budget
+
+    data = cfg.model_dump(mode="json")
+    ort = data["backend"]["onnxruntime"]
+    if not ort["intra_op_threads"] and cfg.backend.device != "gpu":
+        ort["intra_op_threads"] = cpu_thread_budget(len(cfg.streams) * sum(1 for b in cfg.branches.values() if b.enabled))
+    out = []
+    for stream in data["streams"]:
+        one = dict(data, streams=[stream])
+        out.append(PipelineConfig.model_validate(one))
+    return out
+
+
+def run_streams(
+    cfg: PipelineConfig,
+    *,
+    out: TextIO = sys.stdout,
+    extra_sinks: Callable[[str], tuple[Any, ...]] | None = None,
+) -> list[StreamRun]:
+    """Every entry of ``streams`` at once in this process, each in its own thread with its own
+    source, branches (the same model files; one ONNX Runtime session per stream and branch: a CUDA
+    session runs on one compute stream), counter, tracker and run in the same database (its own
+    writer connection; rows carry the stream id). A stream that cannot start is reported and the
+    others run; a signal stops them all. ``extra_sinks(stream_id)``: more sinks per stream."""
+    configs = stream_configs(cfg)
+    results: dict[str, StreamRun] = {}
+    with _StopSignals() as signals:
+        stops = [_StreamStop(signals) for _ in configs]
+        def stop_all() -> None:
+            for st in stops:
+                st.fire()
+
+        signals.on_stop(stop_all)
+        # writers start one after the other (schema, crash recovery), then the streams run at once
+        writers = [SqliteWriter.from_config(c.storage).start() for c in configs]
+        reports: dict[str, str] = {}
+
+        def one(c: PipelineConfig, writer: SqliteWriter, stop: _StreamStop) -> None:
+            sid = c.streams[0].id
+            buf = io.StringIO()
+            try:
+                sinks = extra_sinks(sid) if extra_sinks is not None else ()
+                code, summary, run_id = _run(c, writer, stop, buf, None, sinks, False, False, None)
+                results[sid] = StreamRun(sid, code, summary, run_id)
+            except AppError as exc:
+                log.error("stream %s: %s", sid, exc)
+                results[sid] = StreamRun(sid, exc.exit_code, None, None, str(exc))
+            except Exception as exc:
+                log.exception("stream %s failed", sid)
+                results[sid] = StreamRun(sid, StageError.exit_code, None, None, f"{type(exc).__name__}: {exc}")
+            finally:
+                reports[sid] = buf.getvalue()
+
+        threads = [
+            threading.Thread(target=one, args=(c, w, st), name=f"stream-{c.streams[0].id}", daemon=True)
+            for c, w, st in zip(configs, writers, stops, strict=True)
+        ]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():  # short joins: the main thread keeps taking signals
+                    t.join(0.2)
+        finally:
+            signals.on_stop(None)
+            for w in writers:
+                w.close()
+    runs = [results[c.streams[0].id] for c in configs]
+    for r in runs:
+        out.write(f"\n=== stream {r.stream_id} ===")
+        out.write(reports.get(r.stream_id, "") if r.error is None else f"\nerror: {r.error}\n")
+    out.flush()
+    return runs
+
+
+def exit_code(runs: list[StreamRun]) -> int:
+    """The process's exit code for several streams: a signal's (130 / 143) when one stopped them,
+    else the first failing stream's, else 0."""
+    codes = [r.code for r in runs]
+    for sig_code in (130, 143):
+        if sig_code in codes:
+            return sig_code
+    return next((c for c in codes if c != 0), 0)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     *,
@@ -260,7 +383,7 @@ def run_pipeline(
 def _run(
     cfg: PipelineConfig,
     writer: SqliteWriter,
-    signals: _StopSignals,
+    signals: _StopSignals | _StreamStop,
     out: TextIO,
     progress: TextIO | None,
     extra_sinks: tuple[Any, ...],
@@ -361,6 +484,8 @@ def _print_report(s: RunSummary, summary: Mapping[str, Any], cfg: PipelineConfig
 def headless_command(args: argparse.Namespace) -> int:
     cfg = load_config_with_overrides(args)
     quiet = getattr(args, "quiet", False)
+    if len(cfg.streams) > 1:
+        return _several_streams_command(cfg, args)
     code, _summary, run_id = run_pipeline(cfg, progress=None if quiet else sys.stderr)
     db = cfg.storage.db_path
     print(f"stored: {db} (run {run_id})")
@@ -369,6 +494,23 @@ def headless_command(args: argparse.Namespace) -> int:
         n = export_counts(db, export, run_id=run_id)
         print(f"exported {n} rows to {export}")
     return code
+
+
+def _several_streams_command(cfg: PipelineConfig, args: argparse.Namespace) -> int:
+    runs = run_streams(cfg)
+    db = cfg.storage.db_path
+    stored = ", ".join(f"{r.stream_id}: run {r.run_id}" for r in runs if r.run_id is not None)
+    print(f"stored: {db} ({stored or 'no run started'})")
+    export = getattr(args, "export", None)
+    if export:
+        path = Path(export)
+        for r in runs:
+            if r.run_id is None:
+                continue
+            target = path.with_name(f"{path.stem}.{r.stream_id}{path.suffix}")
+            n = export_counts(db, target, run_id=r.run_id)
+            print(f"exported {n} rows of stream {r.stream_id} to {target}")
+    return exit_code(runs)
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -467,7 +467,11 @@ class TelemetryConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    streams: list[StreamConfig] = Field(..., min_length=1, description="Video sources; the first is processed.")
+    streams: list[StreamConfig] = Field(
+        ..., min_length=1,
+        description="Video sources, ids unique. Headless runs them all at once (one run per stream in the database); "
+        "the window and the bench take the first.",
+    )
     models: dict[str, ModelConfig] = Field(..., description="Models by name.")
     backend: BackendConfig = Field(default_factory=BackendConfig, description="Inference backend.")
     preprocess: dict[str, InputSpecConfig] = Field(..., description="Model input specs by name.")
@@ -481,6 +485,10 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_references(self) -> PipelineConfig:
+        ids = [st.id for st in self.streams]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"streams: ids must be unique (each stream's counts are stored under its id); repeated: {dup}")
         for name, branch in self.branches.items():
             if branch.model not in self.models:
                 raise ValueError(

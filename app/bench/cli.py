@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from app.bench.compare import format_compare, load_baseline
 from app.bench.html_report import render_html
 from app.bench.model_only import model_only
 from app.bench.report import build_report, format_summary, machine_info
-from app.bench.scenarios import RunResult, run_pipeline_bench, run_preprocess
+from app.bench.scenarios import RunResult, run_pipeline_bench, run_preprocess, run_streams_bench
 from app.build import close_branches, gpu_ring_depth, make_branches, make_source, warm_up_branches
 from app.headless import load_config_with_overrides
 from config.errors import ConfigError
@@ -74,7 +74,9 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     results: list[RunResult] = []
     model: dict[str, object] = {}
     pipeline_scen = [s for s in ("e2e", "sequential") if s in scenarios]
-    branches = make_branches(cfg) if pipeline_scen else []
+    n_streams = int(getattr(args, "streams", 1) or 1)
+    branches = make_branches(cfg) if pipeline_scen or n_streams > 1 else []
+    extra_sets: list[list[Any]] = []
     try:
         if pipeline_scen and not branches:
             raise ConfigError(f"{args.config}: no branch is enabled; e2e and sequential need at least one")
@@ -94,8 +96,17 @@ def bench_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 results.append(
                     run_pipeline_bench(cfg, branches, strat, sequential=scen == "sequential", frames=frames, warmup=warmup)
                 )
+        if n_streams > 1:
+            for _ in range(n_streams - 1):
+                extra_sets.append(make_branches(cfg))
+                warm_up_branches(cfg, extra_sets[-1], WARMUP_RUNS)
+            for strat in strategies:
+                print(f"bench: {n_streams} streams at once, {strat}, {frames} frames each ...", file=sys.stderr, flush=True)
+                results.extend(run_streams_bench(cfg, [branches, *extra_sets], strat, frames=frames, warmup=warmup))
     finally:
         close_branches(branches)
+        for extra in extra_sets:
+            close_branches(extra)
 
     report = build_report(cfg, args, results, machine, model_only=model)
     json_path = out_dir / "report.json"

@@ -151,12 +151,9 @@ def _gpu_micro_preprocess(cfg: PipelineConfig, frame: Frame) -> dict[str, Any] |
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def run_pipeline_bench(
-    cfg: PipelineConfig, branches: Sequence[Any], strategy: str, *, sequential: bool, frames: int, warmup: int
-) -> RunResult:
-    """The whole pipeline on ``frames`` frames with one strategy, branches overlapped or sequential."""
-    scenario = "sequential" if sequential else "e2e"
-    res = RunResult(scenario, strategy, "sequential" if sequential else "overlapped", warmup=warmup)
+def _orchestrator(
+    cfg: PipelineConfig, branches: Sequence[Any], strategy: str, *, sequential: bool, frames: int
+) -> tuple[Orchestrator, MemorySink]:
     source = make_source(cfg.streams[0], cfg.backend.device, on_event=_log_event, ring_depth=gpu_ring_depth(cfg))
     opener = getattr(source, "open", None)
     if opener is not None:
@@ -174,10 +171,11 @@ def run_pipeline_bench(
         on_full="drop" if cfg.streams[0].realtime else "wait",
         max_frames=frames,
     )
-    t_start = time.perf_counter()
-    with orch:
-        orch.wait()
-    res.wall_s = time.perf_counter() - t_start
+    return orch, sink
+
+
+def _collect(res: RunResult, orch: Orchestrator, sink: MemorySink, t_start: float) -> RunResult:
+    """Fill ``res`` from a finished run: rows by frame, frame rates, drops."""
     st = orch.status
     if st.state == "FAILED":
         err = orch.error
@@ -196,8 +194,8 @@ def run_pipeline_bench(
     res.frames = len(sink.results)
     published = {r.frame.frame_index: ts for r, ts in zip(sink.results, sink.received_ts, strict=True)}
     completed = {idx: done.get(idx, ts) for idx, ts in published.items()}
-    res.fps, _ = _window_fps(completed, warmup, t_start)
-    res.publish_fps, _ = _window_fps(published, warmup, t_start)
+    res.fps, _ = _window_fps(completed, res.warmup, t_start)
+    res.publish_fps, _ = _window_fps(published, res.warmup, t_start)
     res.drops = dict(st.drops)
     res.partial = st.partial_frames
     res.waited_on = dict(st.waited_on)
@@ -205,3 +203,46 @@ def run_pipeline_bench(
     if sink.metadata:
         res.extra["metadata_records"] = len(sink.metadata)
     return res
+
+
+def run_pipeline_bench(
+    cfg: PipelineConfig, branches: Sequence[Any], strategy: str, *, sequential: bool, frames: int, warmup: int
+) -> RunResult:
+    """The whole pipeline on ``frames`` frames with one strategy, branches overlapped or sequential."""
+    scenario = "sequential" if sequential else "e2e"
+    res = RunResult(scenario, strategy, "sequential" if sequential else "overlapped", warmup=warmup)
+    orch, sink = _orchestrator(cfg, branches, strategy, sequential=sequential, frames=frames)
+    t_start = time.perf_counter()
+    with orch:
+        orch.wait()
+    res.wall_s = time.perf_counter() - t_start
+    return _collect(res, orch, sink, t_start)
+
+
+def run_streams_bench(
+    cfg: PipelineConfig, branch_sets: Sequence[Sequence[Any]], strategy: str, *, frames: int, warmup: int
+) -> list[RunResult]:
+    """``len(branch_sets)`` copies of the stream at once in this process, each with its own branches
+    (one session per stream and branch), counter and orchestrator, as ``headless`` runs a config
+    with several streams; one :class:`RunResult` per stream (``streams<N>.<k>``): its frame rate,
+    drops and end-to-end latency while the others run."""
+    n = len(branch_sets)
+    runs = [_orchestrator(cfg, bs, strategy, sequential=False, frames=frames) for bs in branch_sets]
+    results = [RunResult(f"streams{n}.{k + 1}", strategy, "overlapped", warmup=warmup) for k in range(n)]
+    t_start = time.perf_counter()
+    started: list[Orchestrator] = []
+    try:
+        for orch, _ in runs:
+            orch.__enter__()
+            started.append(orch)
+        for orch, _ in runs:
+            orch.wait()
+    finally:
+        for orch in reversed(started):
+            orch.__exit__(None, None, None)
+    wall = time.perf_counter() - t_start
+    for res, (orch, sink) in zip(results, runs, strict=True):
+        res.wall_s = wall
+        res.extra["streams"] = n
+        _collect(res, orch, sink, t_start)
+    return results
