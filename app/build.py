@@ -103,12 +103,12 @@ def _make_multi_preprocessor(specs: list[InputSpec], device: str) -> Callable[[F
     return lambda frame: [p.run(frame) for p in each]
 
 
-def _make_adapter(cfg: PipelineConfig, model_name: str) -> Any:
+def _make_adapter(cfg: PipelineConfig, model_name: str, spec: InputSpec) -> Any:
     model = cfg.models[model_name]
     if model.kind == "density":
         from models.density import DensityAdapter
 
-        return DensityAdapter(model)
+        return DensityAdapter(model, input_std=spec.std)  # the contrast reads grey levels back through the spec's std
     if cfg.backend.device == "gpu":
         from models.yolo_gpu import GpuYoloAdapter
 
@@ -149,7 +149,7 @@ def _make_branch(cfg: PipelineConfig, name: str, bcfg: BranchConfig) -> Branch:
             stride=model.output_stride,
             density_scale=model.density_scale,
         )
-    adapter = _make_adapter(cfg, bcfg.model)
+    adapter = _make_adapter(cfg, bcfg.model, specs[0])
     if len(specs) > 1:
         return OneCallYoloBranch(
             name, prepare=_make_multi_preprocessor(specs, device), runner=runner, adapter=adapter,

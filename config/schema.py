@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -138,6 +138,22 @@ class InputSpecConfig(_Strict):
     mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="Per-channel mean subtracted after scaling to 0..1 (RGB).")
     std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="Per-channel std divided after the mean (RGB).")
     pad_value: int = Field(114, ge=0, le=255, description="Pixel value (0..255) of padding, before normalisation.")
+    upscale: float = Field(
+        1.0, ge=1.0, le=8.0,
+        description="grid only: each cell shows width/upscale x height/upscale frame pixels resized (bilinear) to "
+        "width x height, so small people look bigger to the density model (upscale^2 times the cells and the "
+        "compute); the density map stays in frame pixels and counts people, not upscaled pixels. 1: plain crops.",
+    )
+
+    @field_validator("upscale")
+    @classmethod
+    def _check_upscale(cls, value: float, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        if value != 1.0 and kind != "grid":
+            raise ValueError(
+                f"upscale {value:g} is only for inputs of kind grid (this one is {kind}); remove upscale or set it to 1.0"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_std(self) -> InputSpecConfig:

@@ -1,7 +1,7 @@
 """Fused CuPy kernel: an NV12 (or RGB) device frame straight to the NCHW tensors of input specs.
 
 One launch builds every tensor of a spec (the letterbox: 1; the tiles: 32 on 4K; the density
-grid: 18), or of several specs at once. Each tensor is one *job*: a small record (out pointer,
+grid: 18, or 72 upscaled 2x), or of several specs at once. Each tensor is one *job*: a small record (out pointer,
 geometry, normalisation, dtype) in a device table; ``blockIdx.z`` picks the job. Per output pixel
 the kernel does exactly what :func:`pipeline.preprocess.preprocess_numpy` does:
 
@@ -15,7 +15,8 @@ the kernel does exactly what :func:`pipeline.preprocess.preprocess_numpy` does:
 3. ``rgb * (1 / (255 * std)) - mean / std`` (or the pad value), stored as float32 or float16.
 
 A tensor whose scale is 1 and whose origin is integral (tiles, grid) reads one tap per pixel
-(the weights are zero, so the result is the same). A thread makes 8 consecutive pixels of one row
+(the weights are zero, so the result is the same); an upscaled grid's cells (scale ``upscale``,
+origins at multiples of ``width / upscale``) take the bilinear path, as the letterbox does. A thread makes 8 consecutive pixels of one row
 and stores them per channel with 16-byte stores (float16: one ``uint4``; float32: two ``float4``)
 when the row width is a multiple of 8.
 

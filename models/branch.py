@@ -199,7 +199,11 @@ class RollingDensityBranch:
     it). The price: the map mixes tiles up to ``period - 1`` frames old. Until every tile has run
     once (the first ``period - 1`` frames) the result has no map.
 
-    It keeps the newest map of each tile between calls (the orchestrator calls ``run`` from one
+    Like :class:`models.density.DensityAdapter` it measures each cell's contrast (flat cells are
+    zeroed by the calibration) and puts an upscaled grid's map on frame cells
+    (:func:`models.density.grid_density`).
+
+    It keeps the newest map and contrast of each tile between calls (the orchestrator calls ``run`` from one
     thread, in frame order); a new frame size starts the cache afresh.
     """
 
@@ -250,18 +254,22 @@ class RollingDensityBranch:
         return {k: v[: pre.plan.count] for k, v in outputs.items()}, timings
 
     def _decode(self, prepared: tuple[PreprocessOutput, PreprocessPlan], outputs: dict[str, Any]) -> Decoded:
-        from models.density import density_output, stitch_grid
+        from models.density import cell_contrast, density_output, grid_density
 
         pre, whole = prepared
         if pre.plan.count:
             maps = density_output(outputs, pre.plan, self.stride) * np.float32(self.density_scale)
+            # the contrast of the tiles this frame ran, from the tensor the model saw, as the
+            # DensityAdapter measures it: the calibration zeroes flat cells on either branch
+            contrast = cell_contrast(pre.tensor, self.stride, tuple(self.whole_spec.std))
             assert pre.plan.indices is not None
-            for i, m in zip(pre.plan.indices.tolist(), maps, strict=True):
-                self._tiles[i] = m
+            for i, m, c in zip(pre.plan.indices.tolist(), maps, contrast, strict=True):
+                self._tiles[i] = (m, c)
         if len(self._tiles) != whole.count:
             return Decoded()
-        stacked = np.stack([self._tiles[i] for i in range(whole.count)])
-        return Decoded(density=DensityMap(density=stitch_grid(stacked, whole, self.stride), stride=self.stride))
+        maps_all = np.stack([self._tiles[i][0] for i in range(whole.count)])
+        contrast_all = np.stack([self._tiles[i][1] for i in range(whole.count)])
+        return Decoded(density=grid_density(maps_all, whole, self.stride, contrast_all))
 
     def cancel(self) -> None:
         cancel_backend(self.runner.backend)

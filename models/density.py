@@ -4,9 +4,14 @@ The model sees N tensors of one plan and returns (N, 1, H/s, W/s) (or (N, H/s, W
 output cell, s = ``ModelConfig.output_stride``, times ``ModelConfig.density_scale``.
 
 - ``grid`` plans (non-overlapping tiles, row-major, frame padded right/bottom): the tile maps are
-  placed side by side into one (rows*H/s, cols*W/s) map with the frame's stride s. Cells wholly
-  in the padding beyond the frame edge are zeroed, so padding never counts; a cell that straddles
-  the edge keeps its value (it saw real pixels).
+  placed side by side into one (rows*H/s, cols*W/s) map (:func:`stitch_grid`). Cells wholly in
+  the padding beyond the frame edge are zeroed, so padding never counts; a cell that straddles
+  the edge keeps its value (it saw real pixels). With the grid's ``upscale`` u = 1 that map is
+  the frame's, stride s. With u > 1 a map cell covers s/u frame pixels; :func:`frame_cells` sums
+  it onto frame cells of s pixels (each map cell's people split by the share of its in-frame area
+  in each frame cell: sum-preserving; for an integral u, plain u x u sums), so the map has the
+  same frame geometry at every upscale and counts people, not upscaled pixels: upscaling shows
+  the model bigger people, it does not multiply them by u^2.
 - ``letterbox`` plans (one scaled image): the map is redistributed onto frame cells of
   ``round(s / scale)`` pixels, each output cell's mass split by area overlap (sum-preserving);
   cells wholly in the letterbox padding are dropped.
@@ -36,7 +41,7 @@ from models.yolo import check_finite
 from pipeline.geometry import PreprocessPlan
 from pipeline.types import DensityMap, PreprocessOutput
 
-__all__ = ["DensityAdapter", "cell_contrast", "density_output", "resample_letterbox", "stitch_grid"]
+__all__ = ["DensityAdapter", "cell_contrast", "density_output", "frame_cells", "grid_density", "resample_letterbox", "stitch_grid"]
 
 
 def density_output(
@@ -88,10 +93,11 @@ def cell_contrast(tensor: Any, stride: int, std: tuple[float, float, float] = CS
 
 
 def stitch_grid(maps: NDArray[np.float32], plan: PreprocessPlan, stride: int) -> NDArray[np.float32]:
-    """(N, h, w) tile maps of a ``grid`` plan -> (rows*h, cols*w) frame map, padding zeroed.
+    """(N, h, w) tile maps of a ``grid`` plan -> (rows*h, cols*w) map, padding zeroed.
 
     Tile i of the row-major grid lands at cell (r*h, c*w); within it, cells past
-    ``ceil(content / stride)`` (wholly beyond the frame edge) are set to zero.
+    ``ceil(content / stride)`` (wholly beyond the frame edge) are set to zero. A cell covers
+    ``stride / upscale`` frame pixels: the frame's map at upscale 1, else see :func:`frame_cells`.
     """
     rows, cols = plan.grid_shape
     _, h, w = maps.shape
@@ -105,6 +111,69 @@ def stitch_grid(maps: NDArray[np.float32], plan: PreprocessPlan, stride: int) ->
     valid = (np.arange(h)[None, :, None] < keep_h[:, None, None]) & (np.arange(w)[None, None, :] < keep_w[:, None, None])
     tiles = np.where(valid, maps, np.float32(0)).reshape(rows, cols, h, w)
     return np.ascontiguousarray(tiles.transpose(0, 2, 1, 3).reshape(rows * h, cols * w))
+
+
+def _axis_shares(n_in: int, in_step: float, n_out: int, out_step: int, limit: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Along one axis: input cells ``idx`` (n_out, K) overlapping each output cell and the share
+    ``w`` (n_out, K) of each one's in-frame length that falls in it (0 where it does not overlap).
+
+    Input cell i covers ``[i * in_step, (i + 1) * in_step)`` clipped to ``[0, limit)``, output cell
+    o ``[o * out_step, (o + 1) * out_step)``; an input cell with nothing inside the frame has no
+    share anywhere, every other one's shares sum to 1. K = ceil(out_step / in_step) + 1.
+    """
+    lo = np.clip(np.arange(n_in) * in_step, 0, limit)
+    hi = np.clip((np.arange(n_in) + 1) * in_step, 0, limit)
+    k = math.ceil(out_step / in_step) + 1
+    first = np.floor(np.arange(n_out) * out_step / in_step).astype(np.int64)
+    idx = np.minimum(first[:, None] + np.arange(k)[None, :], n_in - 1)
+    o0 = (np.arange(n_out) * out_step)[:, None].astype(np.float64)
+    overlap = (np.minimum(o0 + out_step, hi[idx]) - np.maximum(o0, lo[idx])).clip(0)
+    length = (hi - lo)[idx]
+    w = np.divide(overlap, length, out=np.zeros_like(overlap), where=length > 0)
+    dup = np.zeros(idx.shape, bool)
+    dup[:, 1:] = idx[:, 1:] == idx[:, :-1]  # clipped at the last cell: count it once
+    return idx, np.where(dup, 0.0, w)
+
+
+def frame_cells(grid_map: NDArray[np.float32], plan: PreprocessPlan, stride: int, reduce: str = "sum") -> NDArray[np.float32]:
+    """A grid plan's stitched map (:func:`stitch_grid`) on frame cells of ``stride`` pixels.
+
+    ``upscale`` 1 (``plan.scale == (1, 1)``): the map itself, which already is. Upscale u: the
+    map's cells are ``stride / u`` frame pixels; the result is (ceil(H / stride), ceil(W /
+    stride)). ``reduce="sum"`` (density, people): each frame cell gets every map cell's people
+    times the share of that cell's in-frame area inside it, so the total is kept. ``"max"``
+    (contrast): the largest value of the map cells it overlaps (a frame cell is flat only when all
+    of its parts are).
+    """
+    sx, sy = plan.scale
+    if (sx, sy) == (1.0, 1.0):
+        return grid_map
+    if reduce not in ("sum", "max"):
+        raise ValueError(f"frame_cells: reduce must be 'sum' or 'max', got {reduce!r}")
+    fw, fh = plan.frame_wh
+    n_x, n_y = math.ceil(fw / stride), math.ceil(fh / stride)
+    ix, wx = _axis_shares(grid_map.shape[1], stride / sx, n_x, stride, fw)
+    iy, wy = _axis_shares(grid_map.shape[0], stride / sy, n_y, stride, fh)
+    a = grid_map.astype(np.float64)
+    if reduce == "sum":
+        cols = (a[:, ix] * wx[None]).sum(axis=2)  # (rows_in, n_x)
+        out = (cols[iy] * wy[:, :, None]).sum(axis=1)
+    else:
+        cols = np.where(wx[None] > 0, a[:, ix], 0.0).max(axis=2)
+        out = np.where(wy[:, :, None] > 0, cols[iy], 0.0).max(axis=1)
+    return out.astype(np.float32)
+
+
+def grid_density(
+    maps: NDArray[np.float32], plan: PreprocessPlan, stride: int, contrast: NDArray[np.float32] | None = None
+) -> DensityMap:
+    """(N, h, w) tile maps (people) of a whole grid plan, and their (N, h, w) cell contrast if
+    measured, -> the frame's ``DensityMap`` at ``stride`` frame pixels (:func:`stitch_grid`, then
+    :func:`frame_cells`)."""
+    density = frame_cells(stitch_grid(maps, plan, stride), plan, stride, "sum")
+    if contrast is None:
+        return DensityMap(density=density, stride=stride)
+    return DensityMap(density=density, stride=stride, contrast=frame_cells(stitch_grid(contrast, plan, stride), plan, stride, "max"))
 
 
 def _overlap_matrix(n_in: int, in_stride: float, pad: int, scale: float, content: int, n_out: int, out_stride: int, limit: int) -> NDArray[np.float64]:
@@ -157,8 +226,7 @@ class DensityAdapter:
         plan = pre.plan
         maps = density_output(outputs, plan, self.stride, self.model) * np.float32(self.scale)
         if plan.kind == "grid":
-            contrast = stitch_grid(cell_contrast(pre.tensor, self.stride, self.input_std), plan, self.stride)
-            return DensityMap(density=stitch_grid(maps, plan, self.stride), stride=self.stride, contrast=contrast)
+            return grid_density(maps, plan, self.stride, cell_contrast(pre.tensor, self.stride, self.input_std))
         if plan.kind == "letterbox":
             frame_map, out_stride = resample_letterbox(maps[0], plan, self.stride)
             return DensityMap(density=frame_map, stride=out_stride)

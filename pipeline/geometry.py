@@ -30,7 +30,8 @@ class PreprocessPlan:
 
     - ``origins``: (N, 2) float64, frame pixel of each tensor's content origin (x, y).
     - ``content_wh``: (N, 2) int64, size of the content rectangle in tensor pixels.
-    - ``scale``: (sx, sy) tensor pixels per frame pixel (1.0 for tiles and grid).
+    - ``scale``: (sx, sy) tensor pixels per frame pixel (1.0 for tiles; a grid's ``upscale``, 1.0
+      by default).
     - ``pad``: (pad_x, pad_y) tensor offset of the content (letterbox padding; 0 for tiles/grid).
     """
 
@@ -142,22 +143,64 @@ def plan_tiles(frame_w: int, frame_h: int, tile_w: int, tile_h: int, overlap: fl
     return _grid_plan("tiles", frame_w, frame_h, tile_w, tile_h, xs, ys)
 
 
-def plan_grid(frame_w: int, frame_h: int, cell_w: int, cell_h: int) -> PreprocessPlan:
-    """Non-overlapping cells of ``cell_w x cell_h``, row-major; the frame is padded right/bottom."""
+def plan_grid(frame_w: int, frame_h: int, cell_w: int, cell_h: int, upscale: float = 1.0) -> PreprocessPlan:
+    """Non-overlapping cells, row-major, over the frame scaled by ``upscale``; padded right/bottom.
+
+    Each cell shows ``cell_w / upscale x cell_h / upscale`` frame pixels resized to
+    ``cell_w x cell_h`` (the bilinear sampling of the module docstring, scale ``upscale``), so the
+    cells tile ``[0, W) x [0, H)`` exactly once: ``ceil(W * upscale / cell_w) x
+    ceil(H * upscale / cell_h)`` cells (``upscale`` 2: four times as many as at 1). At 1 a cell is
+    a plain crop of ``cell_w x cell_h`` frame pixels. A cell's content is the tensor pixels that
+    show some of the frame (``ceil((W - origin) * upscale)``, at most the cell).
+    """
     _check_sizes(frame_w, frame_h, cell_w, cell_h)
-    xs = list(range(0, frame_w, cell_w))
-    ys = list(range(0, frame_h, cell_h))
-    return _grid_plan("grid", frame_w, frame_h, cell_w, cell_h, xs, ys)
+    if not (math.isfinite(upscale) and upscale >= 1.0):
+        raise ValueError(f"grid upscale must be a finite number >= 1, got {upscale}")
+    step_x, step_y = cell_w / upscale, cell_h / upscale  # frame pixels per cell
+    xs = [c * step_x for c in range(_cells(frame_w * upscale, cell_w))]
+    ys = [r * step_y for r in range(_cells(frame_h * upscale, cell_h))]
+    origins = np.array([(x, y) for y in ys for x in xs], np.float64)
+    content = np.array(
+        [(_content(frame_w, x, upscale, cell_w), _content(frame_h, y, upscale, cell_h)) for y in ys for x in xs], np.int64
+    )
+    return PreprocessPlan(
+        kind="grid",
+        frame_wh=(frame_w, frame_h),
+        out_wh=(cell_w, cell_h),
+        origins=origins,
+        content_wh=content,
+        scale=(float(upscale), float(upscale)),
+        pad=(0, 0),
+        grid_shape=(len(ys), len(xs)),
+    )
 
 
-def plan_spec(kind: SpecKind, frame_w: int, frame_h: int, width: int, height: int, overlap: float = 0.0) -> PreprocessPlan:
-    """Dispatch on the spec kind."""
+_EPS = 1e-9
+"""Rounding slack of the upscaled grid's float arithmetic (1920 * 1.5 / 640 is 4.5, not 4.5000001)."""
+
+
+def _cells(scaled_length: float, cell: int) -> int:
+    """Cells of ``cell`` tensor pixels covering ``scaled_length`` (at least one)."""
+    return max(1, math.ceil(scaled_length / cell - _EPS))
+
+
+def _content(length: int, origin: float, upscale: float, cell: int) -> int:
+    """Tensor pixels of a cell at ``origin`` (frame pixels) that show some of ``[0, length)``."""
+    return min(cell, math.ceil((length - origin) * upscale - _EPS))
+
+
+def plan_spec(
+    kind: SpecKind, frame_w: int, frame_h: int, width: int, height: int, overlap: float = 0.0, upscale: float = 1.0
+) -> PreprocessPlan:
+    """Dispatch on the spec kind (``overlap``: tiles only; ``upscale``: grid only)."""
+    if upscale != 1.0 and kind != "grid":
+        raise ValueError(f"upscale {upscale}: only a grid input has an upscale, not {kind}")
     if kind == "letterbox":
         return plan_letterbox(frame_w, frame_h, width, height)
     if kind == "tiles":
         return plan_tiles(frame_w, frame_h, width, height, overlap)
     if kind == "grid":
-        return plan_grid(frame_w, frame_h, width, height)
+        return plan_grid(frame_w, frame_h, width, height, upscale)
     raise ValueError(f"unknown spec kind {kind!r}; expected letterbox, tiles or grid")
 
 

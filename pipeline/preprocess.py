@@ -109,17 +109,26 @@ class InputSpec:
     phase: tuple[int, int] | None = None
     """(k, n): only the tiles i of the whole plan with i % n == k (a density grid spread over n
     frames); None for all tiles."""
+    upscale: float = 1.0
+    """grid: each cell shows ``width / upscale x height / upscale`` frame pixels, resized
+    (bilinear) to ``width x height`` (:func:`pipeline.geometry.plan_grid`); 1 for other kinds."""
+
+    def __post_init__(self) -> None:
+        if not self.upscale >= 1.0:
+            raise ValueError(f"InputSpec {self.name!r}: upscale must be >= 1, got {self.upscale}")
+        if self.upscale != 1.0 and self.kind != "grid":
+            raise ValueError(f"InputSpec {self.name!r}: upscale {self.upscale} is for grid inputs only, not {self.kind}")
 
     @classmethod
     def from_config(cls, name: str, cfg: InputSpecConfig) -> InputSpec:
         """The spec of config entry ``preprocess.<name>``."""
         return cls(
             name=name, kind=cfg.kind, width=cfg.width, height=cfg.height, overlap=cfg.overlap, dtype=cfg.dtype,
-            mean=cfg.mean, std=cfg.std, pad_value=cfg.pad_value,
+            mean=cfg.mean, std=cfg.std, pad_value=cfg.pad_value, upscale=cfg.upscale,
         )  # fmt: skip
 
     def plan(self, frame_w: int, frame_h: int) -> PreprocessPlan:
-        whole = plan_spec(self.kind, frame_w, frame_h, self.width, self.height, self.overlap)
+        whole = plan_spec(self.kind, frame_w, frame_h, self.width, self.height, self.overlap, self.upscale)
         if self.phase is None:
             return whole
         k, n = self.phase
