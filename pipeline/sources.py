@@ -242,7 +242,7 @@ class PyAVSource:
             return
         if not self.network and not Path(self.uri).is_file():
             raise SourceError(
-                f"video not found: {self.uri} (check streams[0].uri or --source; `make run` fetches the demo clip)"
+                f"video not found: {self.uri} (check the stream's uri in the config (streams[].uri) or --source; `make run` fetches the demo clip)"
             )
         try:
             self._connect()
