@@ -55,7 +55,8 @@ frame it was done on: a frame's results are reported when it is finalized, a lat
 arrives, so every (branch, frame) cost is reported exactly once and credited to its own frame. Raw
 frame publications report no work (their metadata records do). Work still unreported when a run
 is flushed (under ASYNC_OVERLAY, that of the frames after the last publication) comes out of
-``flush`` as one :class:`~pipeline.types.WorkRecord`. When the counter tracks people, every
+``flush`` as one :class:`~pipeline.types.WorkRecord`. The counting of each finalized frame
+(``combine``'s own time, ``StageTimings.count_ms``) is reported the same way, on its frame. When the counter tracks people, every
 finalized frame also publishes one :class:`~pipeline.types.TrackingRecord` (its line crossings
 and zone exits, exactly once per run).
 
@@ -158,6 +159,8 @@ class _Finalized:
     tile_rects: NDArray[np.float32] | None
     work: tuple[BranchTimings, ...]
     """The work of this frame's results (reported by its publication, or by the next one)."""
+    count_ms: float | None = None
+    """What ``combine`` took for this frame (reported with its work); None once reported."""
 
 
 def _work(r: BranchResult) -> BranchTimings:
@@ -201,6 +204,7 @@ class FusionState:
         self.latest: dict[str, tuple[BranchResult, float]] = {}
         """Branch -> (its newest error-free result, arrival time), for overlays."""
         self.unreported: list[BranchTimings] = []
+        self.unreported_count_ms: dict[int, float] = {}  # frame -> its counting's ms, not reported yet
         """Branch work not yet attached to a publication (see the module docs)."""
         self.last_finalized: _Finalized | None = None
         self.last_counted: _Finalized | None = None
@@ -289,6 +293,10 @@ class FusionState:
         out, self.unreported = tuple(self.unreported), []
         return out
 
+    def take_unreported_count_ms(self) -> dict[int, float]:
+        out, self.unreported_count_ms = self.unreported_count_ms, {}
+        return out
+
     def _is_due(self, b: str, p: _Pending) -> bool:
         if b in self._declared:
             return p.meta.frame_index % self.rates[b] == 0
@@ -328,11 +336,13 @@ class FusionState:
     def _finalize(self, p: _Pending, now: float) -> _Finalized:
         idx = p.meta.frame_index
         used, missing = self._set_of(p)
+        t0 = time.perf_counter()  # a cost, like a branch's stage times (not the injected clock)
         try:
             dets, density, counts = self._combine(used, p.meta, missing)
         except Exception as exc:
             exc.frame_index = idx  # type: ignore[attr-defined]  # for the orchestrator's failure report
             raise
+        count_ms = (time.perf_counter() - t0) * 1000.0
         start = min(p.result_ts.values()) if p.result_ts else p.arrived_ts
         work: list[BranchTimings] = []
         for kept in self._results.values():
@@ -351,6 +361,7 @@ class FusionState:
             finalized_ts=now,
             tile_rects=_tile_rects(used),
             work=tuple(work),
+            count_ms=count_ms,
         )
         # Bookkeeping: the frame leaves; each branch due for it remembers its result for the frames after.
         del self.pending[idx]
@@ -380,11 +391,19 @@ def _final_timings(fin: _Finalized, state: FusionState) -> StageTimings:
         frame_index=p.meta.frame_index,
         frame=p.frame_timings,
         branches=fin.work + state.take_unreported(),
+        count_ms=_count_ms(fin, state),
         fusion_wait_ms=fin.fusion_wait_ms,
         wait_for_ms=fin.wait_for_ms,
         overlay_lag_ms={o.branch: o.lag_ms for o in fin.overlays},
         end_to_end_ms=(fin.finalized_ts - p.meta.decode_ts) * 1000.0,
     )
+
+
+def _count_ms(fin: _Finalized | None, state: FusionState) -> dict[int, float]:
+    out = state.take_unreported_count_ms()
+    if fin is not None and fin.count_ms is not None:
+        out[fin.pending.meta.frame_index] = fin.count_ms
+    return out
 
 
 def _full_result(fin: _Finalized, strategy: str, state: FusionState) -> FusedResult:
@@ -547,6 +566,7 @@ class AsyncOverlay:
             frame_index=p.meta.frame_index,
             frame=p.frame_timings,
             branches=state.take_unreported(),
+            count_ms=_count_ms(None, state),
             fusion_wait_ms=0.0,
             overlay_lag_ms={o.branch: o.lag_ms for o in overlays},
             end_to_end_ms=(now - p.meta.decode_ts) * 1000.0,
@@ -681,9 +701,10 @@ class Fusion:
         with self._lock:
             out = self._owed(self.state.advance(self._clock() if now is None else now, force=True))
             work = self.state.take_unreported()
-            if work:
-                newest = max(w.frame_index for w in work)
-                out.append(WorkRecord(StageTimings(frame_index=newest, branches=work)))
+            count_ms = self.state.take_unreported_count_ms()
+            if work or count_ms:
+                newest = max([w.frame_index for w in work] + list(count_ms))
+                out.append(WorkRecord(StageTimings(frame_index=newest, branches=work, count_ms=count_ms)))
             return out
 
     def switch(self, name: str | FusionStrategyName) -> list[Published]:
@@ -712,9 +733,11 @@ class Fusion:
             if p.owes_metadata:
                 # A frame owes one publication at most, except a frame published by STRICT_SYNC
                 # that owes a record too (switched mid-flight): its work went with the frame.
-                out.append(_metadata_record(fin if not p.owes_frame else replace(fin, work=()), self.state))
+                out.append(_metadata_record(fin if not p.owes_frame else replace(fin, work=(), count_ms=None), self.state))
             if not (p.owes_frame or p.owes_metadata):
                 self.state.unreported.extend(fin.work)  # published at once: the next publication reports it
+                if fin.count_ms is not None:
+                    self.state.unreported_count_ms[p.meta.frame_index] = fin.count_ms
             if fin.counts.tracking is not None:  # once per finalized frame, whatever the strategy
                 out.append(TrackingRecord(p.meta.stream_id, p.meta.frame_index, p.meta.pts, fin.counts.tracking))
         return out

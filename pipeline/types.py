@@ -359,6 +359,9 @@ class StageTimings:
     frame_index: int
     frame: FrameTimings = field(default_factory=FrameTimings)
     branches: tuple[BranchTimings, ...] = ()
+    count_ms: Mapping[int, float] = field(default_factory=dict)
+    """frame index -> what counting that frame took on the fusion thread (merge, tracker, density
+    calibration, counts), reported once per frame like branch work: ``count_ms`` in ``by_frame()``."""
     fusion_wait_ms: float | None = None
     wait_for_ms: Mapping[str, float] = field(default_factory=dict)
     overlay_lag_ms: Mapping[str, float] = field(default_factory=dict)
@@ -375,7 +378,7 @@ class StageTimings:
 
         The published frame gets ``decode_ms``, ``queue_depth_<branch>``, ``fusion_wait_ms``,
         ``wait_for_<branch>_ms``, ``overlay_lag_<branch>_ms`` and ``overlay_lag_ms`` (the largest),
-        ``end_to_end_ms``. Each branch's work goes to its own frame as ``<branch>.<stage>`` and,
+        ``end_to_end_ms``; each counted frame gets ``count_ms``. Each branch's work goes to its own frame as ``<branch>.<stage>`` and,
         summed over the branches of that frame, plain ``<stage>`` (the work spent on the frame).
         This is what SQLite stores (``frame_timings`` rows) and what summaries are made of.
         """
@@ -391,6 +394,8 @@ class StageTimings:
             for k, v in bt.stages.items():
                 row[f"{bt.branch}.{k}"] = float(v)
                 row[k] = row.get(k, 0.0) + float(v)
+        for idx, ms in self.count_ms.items():
+            out.setdefault(idx, {})["count_ms"] = float(ms)
         if self.fusion_wait_ms is not None:
             own["fusion_wait_ms"] = self.fusion_wait_ms
         for b, v in self.wait_for_ms.items():
