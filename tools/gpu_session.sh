@@ -3,7 +3,7 @@
 #
 # Assets travel in carried folders .devcarry/g0, g1, ... (models, clips: .cache is not part of
 # the working tree); `tools/gpu_session.sh stash` copies the carried ones into /tmp/assets, and
-# `tools/gpu_session.sh tests|bench|loop|parity` runs one group of measurements with
+# `tools/gpu_session.sh tests|bench|loop|parity|streams|soak|cputests` runs one group of measurements with
 # .cache/assets pointing there, writing logs under $OUT. The staged wheels (onnxruntime-gpu,
 # PyNvVideoCodec, the project's pure dependencies: ../shared/device/stage-wheels.sh) must be in
 # /tmp/site. Each group stays under the device tool's 10-minute command limit.
@@ -116,6 +116,32 @@ for i in sorted(set(g) | set(c)):
 EOF
   cat "$OUT/parity.txt"
   ;;
+streams)
+  link_assets
+  # N copies of the 4K demo at once in one process, paced at the clip's rate (30 frames/s)
+  gpu_config /tmp/streams.yaml streams.0.loop=true storage.db_path=/tmp/streams.db
+  for n in 2 3; do
+    timeout 280 python3 main.py bench --config /tmp/streams.yaml --realtime --frames 300 --fusion STRICT_SYNC \
+      --scenario e2e --streams $n --out "$OUT/bench_streams$n" > "$OUT/bench_streams$n.txt" 2>&1
+    echo "bench streams $n rc=$?" >> "$OUT/bench_streams$n.txt"
+  done
+  tail -12 "$OUT"/bench_streams*.txt
+  ;;
+soak)
+  link_assets
+  # the soak test (CPU path, vtest looping, 10,000 frames after 1,000 of warm-up) on this host's cores
+  SOAK_FRAMES=${SOAK_FRAMES:-10000} timeout 560 python3 -m pytest -q -s -m soak tests/test_soak.py -p no:cacheprovider \
+    > "$OUT/soak.txt" 2>&1
+  echo "soak rc=$?" >> "$OUT/soak.txt"
+  tail -6 "$OUT/soak.txt"
+  ;;
+cputests)
+  link_assets
+  # CPU tests that need many cores to finish quickly (the vtest detector pass of the tracking tests)
+  timeout 560 python3 -m pytest -q -p no:cacheprovider tests/test_tracking.py tests/test_bytetrack.py > "$OUT/cpu_tests.txt" 2>&1
+  echo "cpu tests rc=$?" >> "$OUT/cpu_tests.txt"
+  tail -6 "$OUT/cpu_tests.txt"
+  ;;
 *)
-  echo "usage: $0 stash|tests|bench|loop|parity"; exit 2 ;;
+  echo "usage: $0 stash|tests|bench|loop|parity|streams|soak|cputests"; exit 2 ;;
 esac
