@@ -3,7 +3,7 @@
 #
 # Assets travel in carried folders .devcarry/g0, g1, ... (models, clips: .cache is not part of
 # the working tree); `tools/gpu_session.sh stash` copies the carried ones into /tmp/assets, and
-# `tools/gpu_session.sh tests|bench|loop|parity|streams|soak|cputests` runs one group of measurements with
+# `tools/gpu_session.sh tests|bench|loop|parity|streams|soak|cputests|slicer` runs one group of measurements with
 # .cache/assets pointing there, writing logs under $OUT. The staged wheels (onnxruntime-gpu,
 # PyNvVideoCodec, the project's pure dependencies: ../shared/device/stage-wheels.sh) must be in
 # /tmp/site. Each group stays under the device tool's 10-minute command limit.
@@ -142,6 +142,23 @@ cputests)
   echo "cpu tests rc=$?" >> "$OUT/cpu_tests.txt"
   tail -6 "$OUT/cpu_tests.txt"
   ;;
+slicer)
+  link_assets
+  # The CPU comparison with supervision's InferenceSlicer on 2 pinned cores of this quiet host (the
+  # 2-core acceptance without the shared dev machine's noise): 2 ORT threads on both sides.
+  mkdir -p /tmp/svenv/bin && ln -sf "$(command -v python3)" /tmp/svenv/bin/python
+  python3 - <<'EOF'
+import yaml
+d = yaml.safe_load(open("config/bench_cpu_detector_4k.yaml"))
+d["backend"]["onnxruntime"]["intra_op_threads"] = 2
+d["storage"]["db_path"] = "/tmp/slicer.db"
+yaml.safe_dump(d, open("/tmp/slicer.yaml", "w"))
+EOF
+  timeout 500 taskset -c 0,1 python3 tools/compare_supervision.py --config /tmp/slicer.yaml --repeat 3 --sv-batch-size 1 32 \
+    > "$OUT/slicer.txt" 2>&1
+  echo "slicer rc=$?" >> "$OUT/slicer.txt"
+  tail -8 "$OUT/slicer.txt"
+  ;;
 *)
-  echo "usage: $0 stash|tests|bench|loop|parity|streams|soak|cputests"; exit 2 ;;
+  echo "usage: $0 stash|tests|bench|loop|parity|streams|soak|cputests|slicer"; exit 2 ;;
 esac
