@@ -12,11 +12,20 @@ stored while paused, and the file resumes where it stopped); a network stream ke
 Either way no count is published during a pause: the charts and the database show a gap, never an
 invented count. Files are always delivered at their frame rate, as a camera would (the pacing
 restarts after a pause instead of catching up).
+
+Several streams (``streams:`` with more than one entry): the session runs one ``_Run`` per stream
+at once, each with its config from :func:`app.headless.stream_configs` (``streams: [that one]``,
+the CPU thread budget split), its own source, branches, counter, :class:`LatestResultSink`,
+writer and run in the same database, like ``headless``. Start, pause, stop, restart and the
+fusion strategy act on every camera; a camera that fails (a missing file) fails alone. One camera
+is *selected*: ``status``, ``sink``, ``config``, ``allow_static``... are its; :attr:`cameras` lists
+them all. :meth:`replace_source` gives one camera another source and restarts that camera only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import threading
@@ -27,7 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from app.build import close_branches, make_branches, make_counter, make_source
-from app.headless import SummarySink, versions
+from app.headless import SummarySink, stream_configs, versions
 from config import load_pipeline_config
 from config.errors import AppError, ConfigError, StageError
 from config.schema import PipelineConfig
@@ -38,25 +47,36 @@ from pipeline.sources import is_network_uri
 from pipeline.types import Frame
 from storage.export import export_counts
 from storage.writer import SqliteWriter
-from ui.bridge import LatestResultSink, PipelineStatus, RunRequest, RunState
+from ui.bridge import CameraStatus, LatestResultSink, PipelineStatus, RunRequest, RunState
 
 log = logging.getLogger("people_counter.app")
 
 STOP_JOIN_S = 1.5
 """How long a stop waits for the pipeline's threads (a cancelled ONNX Runtime run ends in ms)."""
 
+_WRITER_START = threading.Lock()
+"""Writers of one database start one after the other (schema, crash recovery), as in headless."""
+
 
 def build_config(request: RunRequest) -> PipelineConfig:
     """The config of ``request``: the file with the request's overrides, validated again.
 
     The window paces files itself, so ``realtime`` is turned off here (no ``PacedSource``).
+    ``request.source`` replaces ``streams[0]``'s uri, ``request.stream_sources`` those of the
+    streams they name.
     """
     cfg = load_pipeline_config(request.config_path)
     data = cfg.model_dump(mode="json")
-    stream = data["streams"][0]
+    streams = data["streams"]
     if request.source:
-        stream["uri"] = request.source
-    stream["realtime"] = False
+        streams[0]["uri"] = request.source
+    by_id = {s["id"]: s for s in streams}
+    for stream_id, uri in request.stream_sources:
+        if stream_id not in by_id:
+            raise ConfigError(f"{request.config_path}: no stream with id {stream_id!r}; the config has {', '.join(by_id)}")
+        by_id[stream_id]["uri"] = uri
+    for stream in streams:
+        stream["realtime"] = False
     if request.branches is not None:
         unknown = sorted(set(request.branches) - set(data["branches"]))
         if unknown:
@@ -76,6 +96,14 @@ def build_config(request: RunRequest) -> PipelineConfig:
         return PipelineConfig.model_validate(data)
     except ValueError as e:
         raise ConfigError(f"{request.config_path}: {e}") from None
+
+
+def build_configs(request: RunRequest) -> list[PipelineConfig]:
+    """One config per camera of ``request``: :func:`build_config` itself for one stream; for
+    several, :func:`app.headless.stream_configs` of it (``streams: [that one]``, the CPU thread
+    budget split over every stream's branches)."""
+    cfg = build_config(request)
+    return [cfg] if len(cfg.streams) == 1 else stream_configs(cfg)
 
 
 class OperatorSource:
@@ -175,12 +203,22 @@ class OperatorSource:
 
 
 class _Run:
-    """One run of the session, on its own thread: build, run, stop, record. Every step is off the UI."""
+    """One run of the session (one camera), on its own thread: build, run, stop, record. Every step
+    is off the UI. ``cfg``: the camera's config (None: built from ``request`` on the thread, where a
+    config error becomes the run's FAILED status). ``after``: runs that must end first (they hold
+    the database and the models)."""
 
-    def __init__(self, request: RunRequest, after: threading.Thread | None, on_end: Callable[[_Run], None]) -> None:
+    def __init__(
+        self,
+        request: RunRequest,
+        cfg: PipelineConfig | None,
+        after: tuple[threading.Thread, ...],
+        on_end: Callable[[_Run], None],
+        name: str = "pc-gui-run",
+    ) -> None:
         self.request = request
         self.sink = LatestResultSink()
-        self.cfg: PipelineConfig | None = None
+        self.cfg: PipelineConfig | None = cfg
         self.source: OperatorSource | None = None
         self.orch: Orchestrator | None = None
         self.counter: FrameCounter | None = None
@@ -195,7 +233,19 @@ class _Run:
         self._state = RunState.STARTING
         self._message = ""
         self._error_kind = ""
-        self.thread = threading.Thread(target=self._body, name="pc-gui-run", daemon=True)
+        self._pause_pending = False
+        self.thread = threading.Thread(target=self._body, name=name, daemon=True)
+
+    @property
+    def stream_id(self) -> str:
+        """The camera's id ("" until a config built on the thread is known)."""
+        cfg = self.cfg
+        return "" if cfg is None else cfg.streams[0].id
+
+    @property
+    def uri(self) -> str:
+        cfg = self.cfg
+        return "" if cfg is None else cfg.streams[0].uri
 
     # -- the UI thread's side (every call returns at once) ------------------------------------
 
@@ -211,10 +261,20 @@ class _Run:
         if self.orch is not None:
             self.orch.request_stop()  # cancels ONNX Runtime runs in progress
 
-    def pause(self, paused: bool) -> None:
+    def pause(self, paused: bool, *, when_started: bool = False) -> None:
+        """Pause or resume the source. Still starting: raises, or with ``when_started`` the source
+        is made paused (one camera of several must not start counting while the others pause)."""
         src = self.source
         if src is None:
-            raise RuntimeError("nothing to pause yet: the run is still starting")
+            if not when_started:
+                raise RuntimeError("nothing to pause yet: the run is still starting")
+            with self._lock:
+                self._pause_pending = paused
+                if self._state in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
+                    self._state = RunState.PAUSED if paused else RunState.STARTING
+            src = self.source  # the source may have been made meanwhile
+            if src is None:
+                return
         with self._lock:
             if self._state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
                 return
@@ -245,8 +305,8 @@ class _Run:
 
     def _body(self) -> None:
         try:
-            if self._after is not None:
-                self._after.join()  # the previous run has released the database and models
+            for previous in self._after:
+                previous.join()  # the previous runs have released the database and models
             if not self._stop.is_set():
                 self._run()
         except AppError as e:
@@ -263,9 +323,12 @@ class _Run:
             self._on_end(self)
 
     def _run(self) -> None:
-        self.cfg = cfg = build_config(self.request)
+        if self.cfg is None:
+            self.cfg = build_config(self.request)
+        cfg = self.cfg
         stream = cfg.streams[0]
-        writer = SqliteWriter.from_config(cfg.storage).start()
+        with _WRITER_START:
+            writer = SqliteWriter.from_config(cfg.storage).start()
         branches: list[Branch] = []
         try:
             def on_event(kind: str, message: str, frame_index: int | None = None, data: Mapping[str, Any] | None = None) -> None:
@@ -276,6 +339,9 @@ class _Run:
             self.source = source = OperatorSource(
                 make_source(stream, cfg.backend.device, on_event=on_event), pace=not live, hold=not live
             )
+            with self._lock:
+                if self._pause_pending:
+                    source.pause()
             if self._stop.is_set():
                 source.stop()
             source.open()  # a missing file or a bad URL fails here, before anything is recorded
@@ -326,16 +392,20 @@ class _Run:
 
 
 class GuiSession:
-    """The window's controller (``ui.window.Controller``): one run at a time, started, paused, stopped.
+    """The window's controller (``ui.window.Controller``): one set of runs at a time (one per camera),
+    started, paused, stopped together.
 
-    Every method returns at once; the work happens on the run's thread. ``start`` while a run is
-    active stops it first (the new run waits for the old one to release the database and models).
-    ``shutdown`` stops the session for good; :attr:`idle` tells when everything is flushed.
+    Every method returns at once; the work happens on the runs' threads. ``start`` while runs are
+    active stops them first (the new runs wait for the old ones to release the database and
+    models). ``shutdown`` stops the session for good; :attr:`idle` tells when everything is
+    flushed. With several cameras, ``status``, ``sink``, ``config``, ``branch_kinds``,
+    ``source_fps``, ``end_status`` and ``allow_static`` are the selected camera's (:meth:`select`).
     """
 
     def __init__(self, db_path: str | None = None) -> None:
         self._lock = threading.Lock()
-        self._run: _Run | None = None
+        self._runs: tuple[_Run, ...] = ()
+        self._selected: str | None = None
         self._last_request: RunRequest | None = None
         self._db_override = db_path
         self._closed = False
@@ -345,18 +415,61 @@ class GuiSession:
 
     # -- runs --------------------------------------------------------------------------------
 
-    def start(self, request: RunRequest) -> None:
+    def _with_db(self, request: RunRequest) -> RunRequest:
         if self._db_override and not request.db_path:
-            request = RunRequest(request.config_path, request.source, request.branches, request.strategy,
-                                 request.max_frames, self._db_override)  # fmt: skip
+            return dataclasses.replace(request, db_path=self._db_override)
+        return request
+
+    @staticmethod
+    def _plan(request: RunRequest) -> list[PipelineConfig] | None:
+        """The cameras' configs, or None when the config cannot be built here: one run then builds
+        it on its thread and shows the error as its FAILED status."""
+        try:
+            return build_configs(request)
+        except AppError:
+            return None
+
+    def start(self, request: RunRequest) -> None:
+        request = self._with_db(request)
+        configs = self._plan(request)  # a YAML file and pydantic: milliseconds, nothing opened
         with self._lock:
             if self._closed:
                 raise RuntimeError("the session is shut down")
-            old = self._run
-            if old is not None:
-                old.request_stop("interrupted")
-            run = _Run(request, old.thread if old is not None and old.thread.is_alive() else None, self._ended)
-            self._run = run
+            old = self._runs
+            for r in old:
+                r.request_stop("interrupted")
+            after = tuple(r.thread for r in old if r.thread.is_alive())
+            if configs is None or len(configs) == 1:
+                runs: tuple[_Run, ...] = (_Run(request, configs[0] if configs else None, after, self._ended),)
+            else:
+                runs = tuple(_Run(request, c, after, self._ended, f"pc-gui-run-{c.streams[0].id}") for c in configs)
+            self._runs = runs
+            if self._selected not in {r.stream_id for r in runs}:
+                self._selected = runs[0].stream_id or None
+            self._last_request = request
+        for r in runs:
+            r.thread.start()
+
+    def replace_source(self, stream_id: str, uri: str) -> None:
+        """Give camera ``stream_id`` the source ``uri`` and restart that camera only (the others
+        keep running); later restarts keep it. Raises KeyError for an id not in the session."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the session is shut down")
+            request = self._last_request
+            index = next((i for i, r in enumerate(self._runs) if r.stream_id == stream_id), None)
+            if request is None or index is None:
+                raise KeyError(f"no camera {stream_id!r} in this session")
+        sources = dict(request.stream_sources)
+        sources[stream_id] = uri
+        request = dataclasses.replace(request, stream_sources=tuple(sources.items()))
+        cfg = next(c for c in build_configs(request) if c.streams[0].id == stream_id)
+        with self._lock:
+            old = self._runs[index]
+            old.request_stop("interrupted")
+            after = (old.thread,) if old.thread.is_alive() else ()
+            run = _Run(request, cfg, after, self._ended, f"pc-gui-run-{stream_id}")
+            self._runs = (*self._runs[:index], run, *self._runs[index + 1 :])
             self._last_request = request
         run.thread.start()
 
@@ -371,45 +484,50 @@ class GuiSession:
         self.start(self._last_request)
 
     def pause(self) -> None:
-        run = self._active()
-        if run is not None:
-            run.pause(True)
+        self._pause(True)
 
     def resume(self) -> None:
-        run = self._active()
-        if run is not None:
-            run.pause(False)
+        self._pause(False)
+
+    def _pause(self, paused: bool) -> None:
+        runs = self._alive()
+        if len(runs) == 1 and len(self._runs) == 1:
+            runs[0].pause(paused)  # one camera: still starting is the operator's to hear about
+            return
+        for run in runs:
+            run.pause(paused, when_started=True)
 
     def stop(self) -> None:
-        run = self._run
-        if run is not None:
+        for run in self._runs:
             run.request_stop(self._signal_status or "interrupted")
 
     def shutdown(self, status: str = "interrupted") -> None:
-        """Stop for good: the run ends with ``status`` (``interrupted``, ``terminated``), then is flushed."""
+        """Stop for good: the runs end with ``status`` (``interrupted``, ``terminated``), then are flushed."""
         with self._lock:
             self._closed = True
             self._signal_status = status
-        run = self._run
-        if run is not None:
+        for run in self._runs:
             run.request_stop(status)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        run = self._run
-        if run is None:
-            return True
-        run.thread.join(timeout)
-        return not run.thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for run in self._runs:
+            run.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.idle
 
     def switch_strategy(self, name: str) -> None:
-        run = self._active()
-        if run is None or run.orch is None:
+        """Every running camera switches (one selector for all); raises when none is running or
+        the orchestrator refuses ``name``."""
+        orchs = [r.orch for r in self._alive() if r.orch is not None]
+        if not orchs:
             raise RuntimeError("no run yet: the strategy applies to the next start")
-        run.orch.switch_strategy(name)
+        for orch in orchs:
+            orch.switch_strategy(name)
 
     def allow_static(self, track_id: int, allowed: bool = True) -> None:
-        """Count static track ``track_id`` of the running run (an operator's "this is a person"),
-        or stop counting it (``allowed=False``), from the next finalized frame on.
+        """Count static track ``track_id`` of the running run (the selected camera's), an
+        operator's "this is a person", or stop counting it (``allowed=False``), from the next
+        finalized frame on.
 
         Calls the run's ``PeopleTracker.allow_static`` from the UI thread while the fusion thread
         tracks: the override is one set insertion or removal, atomic under the GIL, that the tracker
@@ -423,26 +541,52 @@ class GuiSession:
             raise RuntimeError("tracking is off in this run (tracking.enabled in the config)")
         tracker.allow_static(int(track_id), allowed)
 
+    def _alive(self) -> list[_Run]:
+        return [r for r in self._runs if r.thread.is_alive()]
+
+    def _current(self) -> _Run | None:
+        """The selected camera's run (the only one with one stream)."""
+        runs = self._runs
+        return next((r for r in runs if r.stream_id == self._selected), runs[0] if runs else None)
+
     def _active(self) -> _Run | None:
-        run = self._run
+        run = self._current()
         return run if run is not None and run.thread.is_alive() else None
+
+    # -- cameras -----------------------------------------------------------------------------
+
+    def select(self, stream_id: str) -> None:
+        """Make camera ``stream_id`` the one ``status``, ``sink``... describe (the main view's)."""
+        if stream_id not in {r.stream_id for r in self._runs}:
+            raise KeyError(f"no camera {stream_id!r}; the session has {', '.join(r.stream_id for r in self._runs)}")
+        self._selected = stream_id
+
+    @property
+    def selected(self) -> str | None:
+        run = self._current()
+        return None if run is None else run.stream_id or None
+
+    @property
+    def cameras(self) -> list[CameraStatus]:
+        """Every camera of the current runs, in the config's order (one entry for one stream)."""
+        current = self._current()
+        return [CameraStatus(r.stream_id, r.uri, r.status, r.sink, r is current) for r in self._runs]
 
     # -- what the window reads ---------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
         """No run thread alive: nothing to wait for (everything stored is flushed)."""
-        run = self._run
-        return run is None or not run.thread.is_alive()
+        return not self._alive()
 
     @property
     def status(self) -> PipelineStatus:
-        run = self._run
+        run = self._current()
         return PipelineStatus(RunState.IDLE) if run is None else run.status
 
     @property
     def sink(self) -> LatestResultSink | None:
-        run = self._run
+        run = self._current()
         return None if run is None else run.sink
 
     @property
@@ -451,18 +595,18 @@ class GuiSession:
 
     @property
     def config(self) -> PipelineConfig | None:
-        run = self._run
+        run = self._current()
         return None if run is None else run.cfg
 
     @property
     def branch_kinds(self) -> dict[str, str]:
         """Branches of the current run and their model kind (``yolo``, ``density``)."""
-        run = self._run
+        run = self._current()
         return {} if run is None else dict(run.branch_kinds)
 
     @property
     def source_fps(self) -> float:
-        run = self._run
+        run = self._current()
         return 0.0 if run is None or run.source is None else run.source.fps
 
     @property
@@ -474,7 +618,7 @@ class GuiSession:
 
     @property
     def end_status(self) -> str | None:
-        run = self._run
+        run = self._current()
         return None if run is None else run.end_status
 
 

@@ -87,9 +87,11 @@ class PipelineStatus:
 class RunRequest:
     """What the operator asked to run.
 
-    ``source`` overrides ``streams[0].uri`` (None: the config's). ``branches``: the config
-    branches to run (None: those the config enables). ``strategy`` and ``max_frames`` override
-    the config's; ``db_path`` its ``storage.db_path``.
+    ``source`` overrides ``streams[0].uri`` (None: the config's). ``stream_sources``: (stream id,
+    uri) pairs overriding those streams' uris (a config with several streams: the operator opened
+    another source for one camera). ``branches``: the config branches to run (None: those the
+    config enables). ``strategy`` and ``max_frames`` override the config's; ``db_path`` its
+    ``storage.db_path``.
     """
 
     config_path: str
@@ -98,6 +100,22 @@ class RunRequest:
     strategy: str | None = None
     max_frames: int | None = None
     db_path: str | None = None
+    stream_sources: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStatus:
+    """One camera (one entry of ``streams``) of a session, as the camera list shows it.
+
+    ``status``: its run's state (each camera runs on its own: one can fail while the others
+    count); ``sink``: its bridge; ``selected``: the camera the main view shows.
+    """
+
+    stream_id: str
+    uri: str
+    status: PipelineStatus
+    sink: LatestResultSink | None
+    selected: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,15 @@ of the pipeline goes through a :class:`Controller` (``app.gui.GuiSession``), who
 returns at once: building a run, stopping it and flushing the database happen on its threads.
 Closing asks the controller to shut down and closes when it is idle (within ~2 s: a running
 inference is cancelled), so the window never freezes.
+
+Several cameras (a config whose ``streams:`` has more than one entry): the controller runs them all
+at once and the window shows a camera list (:class:`ui.cameras.CameraStrip`, left of the video):
+each camera's live thumbnail, id, state and count. The selected camera is shown in full (video,
+overlays, counts, charts, zones, status, errors); a click on another camera, Alt+1..9 or
+PageUp / PageDown switch (the charts start again for the camera shown). Start, pause, stop,
+restart and the fusion strategy act on every camera; a camera that fails shows its error in its
+tile (and in full when selected) while the others run. Open file / URL gives the *selected* camera
+another source and restarts that camera only. With one stream there is no camera list.
 """
 
 from __future__ import annotations
@@ -61,7 +70,8 @@ from config.errors import AppError
 from config.schema import FusionStrategyName, PipelineConfig
 from pipeline.tracking import Track
 from pipeline.types import FusedResult
-from ui.bridge import LatestResultSink, PipelineStatus, RunRequest, RunState
+from ui.bridge import CameraStatus, LatestResultSink, PipelineStatus, RunRequest, RunState
+from ui.cameras import CameraStrip
 from ui.charts import TelemetryCharts
 from ui.history import HistoryPanel
 from ui.overlay import OverlayOptions, OverlayScene, fit_size, render_overlay, shown_counts
@@ -82,6 +92,9 @@ RATE_WINDOW_S = 2.0
 
 CHART_REFRESH_S = 0.1
 """Charts redraw at most this often; results are recorded every tick regardless."""
+
+THUMB_REFRESH_S = 0.25
+"""Thumbnails of the camera list are redrawn at most this often (the main view takes every tick)."""
 
 CLOSE_DEADLINE_S = 4.0
 """The window closes this long after a close was asked even if the pipeline has not answered
@@ -121,6 +134,10 @@ class Controller(Protocol):
     - ``status``: the current run's state; ``sink``: its bridge (None before the first run);
       ``config``: its validated config (None until built); ``branch_kinds``: its branches and
       their model kinds; ``source_fps``: the source's frame rate (0 when unknown); ``db_path``.
+    - Several cameras: ``cameras`` lists them (:class:`~ui.bridge.CameraStatus`, one of them
+      ``selected``: the one ``status``, ``sink``... describe); ``select(stream_id)`` picks another;
+      ``replace_source(stream_id, uri)`` restarts one camera on another source. A controller
+      without ``cameras`` (one stream) gets no camera list.
     """
 
     def start(self, request: RunRequest) -> None: ...
@@ -162,6 +179,13 @@ class Controller(Protocol):
 
     @property
     def db_path(self) -> str | None: ...
+
+    @property
+    def cameras(self) -> list[CameraStatus]: ...
+
+    def select(self, stream_id: str) -> None: ...
+
+    def replace_source(self, stream_id: str, uri: str) -> None: ...
 
 
 def stream_fps(shown: list[tuple[float, int, float]]) -> float:
@@ -412,6 +436,12 @@ class MainWindow(QMainWindow):
         self._close_asked_at: float | None = None
         self._exit_status = "interrupted"
         self._restored_shown_at: float | None = None
+        self._stream_sources: dict[str, str] = dict(request.stream_sources) if request else {}
+        self._config_streams: list[str] = []
+        self._camera_shown: str | None = None
+        self._camera_last: dict[str, FusedResult] = {}
+        self._thumb_at: dict[str, float] = {}
+        self._status_key: tuple[PipelineStatus, ...] | None = None
         self.closed_cleanly = False
         self._title = title
         self.setWindowTitle(title)
@@ -483,6 +513,18 @@ class MainWindow(QMainWindow):
         self.zones_action = self._action("Edit &zones", self._on_zones_toggled, "Z", "Draw and edit counting zones", checkable=True)
         self.save_zones_action = self._action("&Save zones to config", self._on_save_zones, QKeySequence.StandardKey.Save,
                                               "Write the zones into the config's counting.zones")
+        self.camera_actions: list[QAction] = []
+        for i in range(9):
+            a = self._action(f"Camera {i + 1}", functools.partial(self._select_camera_at, i), f"Alt+{i + 1}",
+                             f"Show camera {i + 1} of the camera list in full")  # fmt: skip
+            a.setEnabled(False)
+            self.camera_actions.append(a)
+        self.next_camera_action = self._action("&Next camera", lambda: self._step_camera(1), "PgDown",
+                                               "Show the next camera of the list in full")  # fmt: skip
+        self.previous_camera_action = self._action("Pre&vious camera", lambda: self._step_camera(-1), "PgUp",
+                                                   "Show the previous camera of the list in full")  # fmt: skip
+        self.next_camera_action.setEnabled(False)
+        self.previous_camera_action.setEnabled(False)
         self.strategy_group = QActionGroup(self)
         self.strategy_actions: dict[str, QAction] = {}
         for i, name in enumerate(STRATEGIES):
@@ -494,6 +536,9 @@ class MainWindow(QMainWindow):
     def _make_widgets(self) -> None:
         self.banner = Banner()
         self.stream_banner = Banner()
+        self.camera_strip = CameraStrip()
+        self.camera_strip.selected.connect(self.select_camera)
+        self.camera_strip.hide()
         self.video = VideoView(self.zones)
         self.video.resized.connect(self._rerender)
         self.video.track_menu_requested.connect(self._on_track_menu)
@@ -533,11 +578,14 @@ class MainWindow(QMainWindow):
         right_layout.addLayout(chart_bar)
         right_layout.addWidget(self.charts, 1)
         splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.camera_strip)
         splitter.addWidget(left)
         splitter.addWidget(right)
-        splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
-        splitter.setSizes([1000, 600])
+        splitter.setCollapsible(0, False)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 3)
+        splitter.setStretchFactor(2, 2)
+        splitter.setSizes([self.camera_strip.width(), 1000, 600])
         self.history = HistoryPanel(lambda: self._controller.db_path)
         self.tabs = QTabWidget()
         self.tabs.addTab(splitter, "Live")
@@ -586,6 +634,12 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.follow_action)
         view_menu.addAction(self.history_action)
         view_menu.addAction(self.fullscreen_action)
+        self.camera_menu = view_menu.addMenu("&Cameras")
+        self.camera_menu.addAction(self.next_camera_action)
+        self.camera_menu.addAction(self.previous_camera_action)
+        self.camera_menu.addSeparator()
+        for a in self.camera_actions:
+            self.camera_menu.addAction(a)
         zone_menu = mb.addMenu("&Zones")
         zone_menu.addAction(self.zones_action)
         zone_menu.addAction(self.save_zones_action)
@@ -635,12 +689,14 @@ class MainWindow(QMainWindow):
     # -- runs ----------------------------------------------------------------------------------
 
     def current_request(self) -> RunRequest:
-        return RunRequest(self._config_path, self._source, self._branches, self._strategy, self._max_frames)
+        return RunRequest(self._config_path, self._source, self._branches, self._strategy, self._max_frames,
+                          stream_sources=tuple(self._stream_sources.items()))  # fmt: skip
 
     def start_run(self, request: RunRequest | None = None) -> None:
         """Start ``request`` (default: the chosen config, source and branches)."""
         request = request or self.current_request()
         self._config_path, self._source = request.config_path, request.source
+        self._stream_sources = dict(request.stream_sources)
         try:
             self._controller.start(request)
         except Exception as e:  # shown; the window stays usable
@@ -659,8 +715,13 @@ class MainWindow(QMainWindow):
         self.pause_action.setChecked(False)
         self._sink = None
         self._zones_loaded_for = None
-        self.setWindowTitle(f"{self._title} — {request.source or 'config source'}")
-        self.show_message(f"starting {request.source or 'the config source'} with {Path(request.config_path).name}")
+        self._camera_last.clear()
+        self.camera_strip.sync([])  # new runs: tiles start again
+        several = len(self._config_streams) > 1
+        cameras = f"{len(self._config_streams)} cameras"
+        self.setWindowTitle(f"{self._title} — {cameras if several else request.source or 'config source'}")
+        what = cameras if several else request.source or "the config source"
+        self.show_message(f"starting {what} with {Path(request.config_path).name}")
 
     def _on_start(self) -> None:
         self.start_run()
@@ -673,8 +734,7 @@ class MainWindow(QMainWindow):
         self.show_message("stopping: the run is being saved")
 
     def _on_pause_toggled(self, checked: bool) -> None:
-        st = self._controller.status
-        if st.state not in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING):
+        if not any(s.state in (RunState.RUNNING, RunState.PAUSED, RunState.STARTING) for s in self._run_states()):
             self.pause_action.setChecked(False)
             self.show_message("nothing to pause: no run is going")
             return
@@ -699,9 +759,29 @@ class MainWindow(QMainWindow):
             self.pause_action.trigger()
 
     def open_source(self, uri: str) -> None:
-        """Run ``uri`` with the chosen config (the run going now is stopped first)."""
-        self._source = uri
-        self.start_run()
+        """Run ``uri`` with the chosen config (the run going now is stopped first).
+
+        With several cameras, ``uri`` becomes the selected camera's source (the first camera's
+        before any start) and only that camera restarts; the others keep running."""
+        if len(self._config_streams) < 2:
+            self._source = uri
+            self.start_run()
+            return
+        stream_id = self._camera_shown or self._config_streams[0]
+        self._stream_sources[stream_id] = uri
+        running = {c.stream_id for c in self._camera_list()}
+        if stream_id not in running:
+            self.start_run()
+            return
+        try:
+            self._controller.replace_source(stream_id, uri)
+        except Exception as e:  # shown; the other cameras are untouched
+            self.show_message(f"cannot open {uri} for camera {stream_id}: {e}", error=True)
+            return
+        remember_source(uri)
+        self._camera_last.pop(stream_id, None)
+        self._reset_main_view()
+        self.show_message(f"camera {stream_id}: opening {uri} (the other cameras keep running)")
 
     def _on_open_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a video file", last_folder("open"),
@@ -739,6 +819,7 @@ class MainWindow(QMainWindow):
         if self._load_branches(path):
             self._config_path = path
             self._branches = None
+            self._stream_sources = {}
             self.start_run()
 
     def _load_branches(self, path: str) -> bool:
@@ -748,6 +829,8 @@ class MainWindow(QMainWindow):
         except AppError as e:
             self._show_error("ConfigError", str(e))
             return False
+        self._config_streams = [s.id for s in cfg.streams]
+        self._update_open_tips()
         for name, b in cfg.branches.items():
             a = QAction(f"{name}  ({b.model}, every {b.every_n_frames})", self)
             a.setCheckable(True)
@@ -773,6 +856,7 @@ class MainWindow(QMainWindow):
 
     def poll(self) -> None:
         """One tick: show the run state, events, the newest result, rates and charts."""
+        self._show_cameras()
         self._show_status()
         sink = self._controller.sink
         if sink is not self._sink:
@@ -805,8 +889,125 @@ class MainWindow(QMainWindow):
         self._update_layer_availability(result)
         render_ms = self._render()
         self.charts.add(result, {"render_ms": render_ms})
-        self._shown.append((time.perf_counter(), result.frame.frame_index, result.frame.pts))
+        now = time.perf_counter()
+        self._shown.append((now, result.frame.frame_index, result.frame.pts))
         self._update_zone_counts()
+        shown = self._camera_shown
+        if shown is not None and shown in self.camera_strip.tiles:
+            self._camera_last[shown] = result
+            if now - self._thumb_at.get(shown, 0.0) >= THUMB_REFRESH_S:
+                self._thumb_at[shown] = now
+                sink = self._sink
+                self.camera_strip.tiles[shown].show_result(result, sink.latest_metadata if sink else None)
+
+    # -- cameras -------------------------------------------------------------------------------
+
+    def _camera_list(self) -> list[CameraStatus]:
+        """The controller's cameras (none from a controller without any: one stream)."""
+        cameras = getattr(self._controller, "cameras", None)
+        return list(cameras) if cameras is not None else []
+
+    @property
+    def camera_ids(self) -> list[str]:
+        """The cameras in the list, in order (empty with one stream: no list)."""
+        return list(self.camera_strip.tiles)
+
+    @property
+    def shown_camera(self) -> str | None:
+        """The camera the main view shows (None with one stream)."""
+        return self._camera_shown if self.camera_strip.tiles else None
+
+    def select_camera(self, stream_id: str) -> None:
+        """Show camera ``stream_id`` in full (a click on its tile, Alt+N, PageUp / PageDown)."""
+        if stream_id == self._camera_shown:
+            return
+        try:
+            self._controller.select(stream_id)
+        except Exception as e:  # shown; the view stays on its camera
+            self.show_message(f"cannot show camera {stream_id}: {e}", error=True)
+            return
+        self._show_cameras()
+        self._show_status()
+        self.show_message(f"camera {stream_id} in full (its charts start from now)")
+
+    def _select_camera_at(self, index: int, _checked: bool = False) -> None:
+        ids = self.camera_ids
+        if 0 <= index < len(ids):
+            self.select_camera(ids[index])
+
+    def _step_camera(self, step: int) -> None:
+        ids = self.camera_ids
+        if len(ids) < 2:
+            return
+        i = ids.index(self._camera_shown) if self._camera_shown in ids else 0
+        self.select_camera(ids[(i + step) % len(ids)])
+
+    def _reset_main_view(self) -> None:
+        """Forget what the main view showed (another camera, or a camera's new source)."""
+        self.banner.hide()
+        self.stream_banner.hide()
+        self._restored_shown_at = None
+        self.charts.clear()
+        self._shown.clear()
+        self._last_result = None
+        self._last_image = None
+        self._zones_loaded_for = None
+        self._status_key = None
+        self._status = None
+        self.video.set_image(None)
+        self.video.placeholder = "waiting for this camera's first frame…"
+
+    def _show_cameras(self) -> None:
+        """The camera list: tiles, states, thumbnails of the cameras not shown; follows the selection."""
+        cameras = self._camera_list()
+        several = len(cameras) > 1
+        if not several:
+            if self.camera_strip.isVisible() or self.camera_strip.tiles:
+                self.camera_strip.hide()
+                self.camera_strip.sync([])
+            if self._camera_shown is not None:
+                self._camera_shown = None
+                self._set_camera_actions(0)
+            return
+        if not self.camera_strip.isVisible():
+            self.camera_strip.show()
+        self.camera_strip.sync(cameras)
+        self._set_camera_actions(len(cameras))
+        selected = next((c.stream_id for c in cameras if c.selected), cameras[0].stream_id)
+        if selected != self._camera_shown:
+            first = self._camera_shown is None
+            self._camera_shown = selected
+            if not first:
+                self._reset_main_view()
+                last = self._camera_last.get(selected)
+                if last is not None:
+                    self._show_result(last)  # its last thumbnail's result, until its next frame
+            self._update_open_tips()
+        now = time.perf_counter()
+        for c in cameras:
+            if c.selected or c.sink is None or now - self._thumb_at.get(c.stream_id, 0.0) < THUMB_REFRESH_S:
+                continue
+            self._thumb_at[c.stream_id] = now
+            result = c.sink.take()  # the main view does not read this sink: the list is its reader
+            if result is not None:
+                self._camera_last[c.stream_id] = result
+                self.camera_strip.tiles[c.stream_id].show_result(result, c.sink.latest_metadata)
+
+    def _set_camera_actions(self, n: int) -> None:
+        for i, a in enumerate(self.camera_actions):
+            a.setEnabled(i < n)
+        self.next_camera_action.setEnabled(n > 1)
+        self.previous_camera_action.setEnabled(n > 1)
+
+    def _update_open_tips(self) -> None:
+        if len(self._config_streams) < 2:
+            self.open_action.setToolTip("Open a video file  (Ctrl+O)")
+            self.open_url_action.setToolTip("Open an rtsp:// or http(s):// stream  (Ctrl+L)")
+            return
+        camera = self._camera_shown or self._config_streams[0]
+        why = f"for camera {camera}, the one shown in full: it restarts on it, the other cameras keep running"
+        self.open_action.setToolTip(f"Open a video file {why}  (Ctrl+O)")
+        self.open_url_action.setToolTip(f"Open an rtsp:// or http(s):// stream {why}  (Ctrl+L)")
 
     def _load_zones(self, result: FusedResult) -> None:
         cfg = self._controller.config
@@ -937,9 +1138,22 @@ class MainWindow(QMainWindow):
     def _rerender(self) -> None:
         self._render()
 
+    def _run_states(self) -> list[PipelineStatus]:
+        """Every camera's status (the run controls act on all of them); the one run's with one stream."""
+        cameras = self._camera_list()
+        return [c.status for c in cameras] if len(cameras) > 1 else [self._controller.status]
+
     def _show_status(self) -> None:
         status = self._controller.status
         self.video.badge = "PAUSED" if status.state is RunState.PAUSED else ""
+        states = self._run_states()
+        key = (status, *states)
+        if key == self._status_key:
+            return
+        self._status_key = key
+        self.pause_action.setEnabled(any(s.state in (RunState.RUNNING, RunState.PAUSED) for s in states))
+        self.stop_action.setEnabled(any(s.active and s.state is not RunState.STOPPING for s in states))
+        self.restart_action.setEnabled(self._controller.request is not None)
         if status == self._status:
             return
         previous, self._status = self._status, status
@@ -947,10 +1161,6 @@ class MainWindow(QMainWindow):
         color = _STATE_COLORS[status.state]
         self.state_label.setStyleSheet(f"background:{color}; color:white; font-weight:bold; padding:2px 6px;")
         self.state_label.setToolTip(status.message)
-        active = status.active
-        self.pause_action.setEnabled(status.state in (RunState.RUNNING, RunState.PAUSED))
-        self.stop_action.setEnabled(active and status.state is not RunState.STOPPING)
-        self.restart_action.setEnabled(self._controller.request is not None)
         if status.state is RunState.FAILED:
             self._show_error(status.error_kind, status.message or "unknown error")
         elif status.state is RunState.FINISHED and (previous is None or previous.state is not RunState.FINISHED):
@@ -965,6 +1175,8 @@ class MainWindow(QMainWindow):
     def _show_error(self, kind: str, message: str) -> None:
         log.error("pipeline failed: %s", message)
         title = _ERROR_TITLES.get(kind, "The pipeline stopped with an error")
+        if self._camera_shown is not None and self.camera_strip.tiles:
+            title = f"Camera {self._camera_shown}: {title[0].lower()}{title[1:]}"
         self.banner.show_message("error", title, message, [
             ("Open file…", self._on_open_file), ("Open URL…", self._on_open_url),
             ("Choose config…", self._on_choose_config), ("Retry", self._on_restart),
@@ -1097,7 +1309,7 @@ class MainWindow(QMainWindow):
         previous = self._strategy
         if name == previous and self.strategy_box.currentText() == name:
             return
-        if self._controller.status.active:
+        if any(s.active for s in self._run_states()):
             try:
                 self._controller.switch_strategy(name)
             except Exception as e:  # shown to the user; the pipeline keeps its previous strategy
