@@ -144,18 +144,28 @@ class DensityCalibrator:
         self.rows, self.cols = hybrid.region_rows, hybrid.region_cols
         self._key: tuple[tuple[int, int], int, tuple[int, int]] | None = None
         self._prev_sum: NDArray[np.float64] | None = None
+        self._filled: NDArray[np.float32] | None = None
         self._static = np.zeros((0, 0), np.int32)
         self._floor = np.zeros((0, 0), np.float32)
         self._samples: deque[tuple[int, float, float]] = deque(maxlen=self.cfg.window)
         self._frames = 0
+        # per-region fits, refitted only for regions whose samples changed (added or left the window)
+        self._region_fits: dict[int, tuple[float, float] | None] = {}
+        self._changed: set[int] = set()
+        self._global_fit: tuple[float, float] | None = None
+        self._global_stale = True
 
     def _reset(self, key: tuple[tuple[int, int], int, tuple[int, int]]) -> None:
         self._key = key
         self._prev_sum = None
+        self._filled = None
         self._static = np.zeros(key[0], np.int32)
         self._floor = np.zeros(key[0], np.float32)
         self._samples.clear()
         self._frames = 0
+        self._region_fits.clear()
+        self._changed.clear()
+        self._global_fit, self._global_stale = None, True
 
     def __call__(self, raw: DensityMap, dets: Detections, frame_wh: tuple[int, int], *, learn: bool) -> CalibratedDensity:
         cfg = self.cfg
@@ -165,9 +175,11 @@ class DensityCalibrator:
         d = np.maximum(raw.density, np.float32(0))
         if raw.contrast is not None and cfg.min_contrast > 0:
             d = np.where(_max3(raw.contrast) < cfg.min_contrast, np.float32(0), d)
-        if learn:
-            self._learn_floor(d, dets, raw.stride)
-        fg = np.maximum(d - self._filled_floor(), np.float32(0))
+        if learn or self._filled is None:
+            if learn:
+                self._learn_floor(d, dets, raw.stride)
+            self._filled = self._filled_floor()  # changes only when the floor does
+        fg = np.maximum(d - self._filled, np.float32(0))
         f_r = region_density(DensityMap(fg, raw.stride), frame_wh, self.rows, self.cols)
         if learn:
             self._add_samples(f_r, dets, frame_wh)
@@ -233,23 +245,31 @@ class DensityCalibrator:
             k = int(mine.sum())
             if np.median(heights[mine]) < cfg.min_box_height_px or k / region_mpx > cfg.max_reliable_people_per_mpx:
                 continue
+            if len(self._samples) == self._samples.maxlen:
+                self._changed.add(self._samples[0][0])  # leaves the window
             self._samples.append((int(idx), float(f_r.flat[idx]), float(k)))
+            self._changed.add(int(idx))
+            self._global_stale = True
 
     def _fits(self) -> tuple[float, float, str, NDArray[np.float64], NDArray[np.float64]]:
+        """The global fit and each region's own (``min_samples`` of its own), refitted only where
+        the samples changed since the last call (a region's fit depends on its samples only)."""
         cfg = self.cfg
         lo, hi = cfg.scale_range
         shape = (self.rows, self.cols)
-        if self._samples:
-            s = np.asarray(self._samples, np.float64)
-            fit = fit_scale(s[:, 1], s[:, 2], cfg.min_samples)
-        else:
-            s, fit = np.zeros((0, 3)), None
+        s = np.asarray(self._samples, np.float64).reshape(-1, 3)
+        if self._global_stale:
+            self._global_fit = fit_scale(s[:, 1], s[:, 2], cfg.min_samples) if len(s) else None
+            self._global_stale = False
+        fit = self._global_fit
         scale, offset, source = (cfg.prior_scale, 0.0, "prior") if fit is None else (float(np.clip(fit[0], lo, hi)), fit[1], "fit")
+        for idx in self._changed:
+            mine = s[:, 0] == idx
+            self._region_fits[idx] = fit_scale(s[mine, 1], s[mine, 2], cfg.min_samples) if mine.any() else None
+        self._changed.clear()
         region_scale = np.full(shape, scale)
         region_offset = np.full(shape, offset)
-        for idx in np.unique(s[:, 0]).astype(int) if len(s) else ():
-            mine = s[:, 0] == idx
-            own = fit_scale(s[mine, 1], s[mine, 2], cfg.min_samples)
+        for idx, own in self._region_fits.items():
             if own is not None:
                 region_scale.flat[idx] = np.clip(own[0], lo, hi)
                 region_offset.flat[idx] = own[1]

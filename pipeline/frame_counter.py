@@ -85,6 +85,12 @@ class FrameCounter:
     calibrator: DensityCalibrator | None = None
     """Turns the raw density map into people over time (``counting.hybrid.calibration``); made
     here when None and calibration is on. The map :meth:`__call__` returns is the calibrated one."""
+    density_learn_every: int = 1
+    """The calibration learns (background floor, scale samples) on frames ``f`` with
+    ``f % density_learn_every == density_learn_every - 1``: a density branch spread over N frames
+    (``spread: true``) refreshes the whole map once every N frames, and its map in between is
+    mostly the same tiles again (learning from them would count unchanged tiles as a still
+    scene). Every frame is still calibrated with what was learnt."""
 
     def __post_init__(self) -> None:
         if self.calibrator is None and self.counting.hybrid.calibration.enabled:
@@ -100,9 +106,10 @@ class FrameCounter:
 
             tracker = PeopleTracker(cfg.tracking, frame_rate or 30.0, zones=cfg.counting.zones)
         roles = {name: branch_role(cfg, name) for name, b in cfg.branches.items() if b.enabled}
+        spread = [b.every_n_frames for name, b in cfg.branches.items() if b.enabled and b.spread and roles[name] == "density"]
         return cls(
             cfg.counting, roles, tracker=tracker, max_track_gap_s=cfg.tracking.max_gap_s,
-            min_track_frames=cfg.tracking.min_confirm_frames,
+            min_track_frames=cfg.tracking.min_confirm_frames, density_learn_every=max(spread, default=1),
         )
 
     def merge(self, results: Mapping[str, BranchResult], frame: FrameMeta) -> tuple[Detections, DensityMap | None]:
@@ -150,7 +157,8 @@ class FrameCounter:
         if density is not None and self.calibrator is not None:
             # learn only from a map and detections of this very frame, all present
             fresh = all(r.frame.frame_index == frame.frame_index for n, r in results.items() if n in self.roles)
-            calibrated = self.calibrator(density, merged, (frame.width, frame.height), learn=fresh and not missing)
+            cycle = frame.frame_index % self.density_learn_every == self.density_learn_every - 1
+            calibrated = self.calibrator(density, merged, (frame.width, frame.height), learn=fresh and cycle and not missing)
             density, calibration = calibrated.density, calibrated.calibration
         counted, tracked = self._track(merged, frame, missing)
         counts = hybrid_count(counted, density, (frame.width, frame.height), c.hybrid, c.policy, zones=c.zones)

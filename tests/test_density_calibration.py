@@ -138,3 +138,28 @@ def test_frame_counter_counts_calibrated_density_and_learns_only_from_fresh_fram
     assert seen == [1, 1, 1, 1]  # frames 1-3 reuse frame 0's map: nothing learnt from them
     assert counts.calibration is not None
     assert counts.calibration.raw == pytest.approx(d.sum(), rel=1e-5)
+
+
+def test_a_spread_density_branch_is_learnt_from_once_per_refresh_cycle() -> None:
+    """A density branch spread over 5 frames refreshes the whole map once every 5 frames: the
+    calibration learns on the last frame of each cycle (4, 9, ...), and calibrates every frame."""
+    from config import load_pipeline_config
+
+    cfg = load_pipeline_config("config/gpu.yaml")
+    assert cfg.branches["density"].spread and cfg.branches["density"].every_n_frames == 5
+    counter = FrameCounter.from_config(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})}))
+    assert counter.density_learn_every == 5
+    d = np.full((60, 80), 0.01, np.float32)
+    empty = make_detections([])
+    learnt = []
+    for i in range(12):
+        meta = FrameMeta("t", i, i / 30, 0.0, 640, 480)
+        results = {name: BranchResult(meta, name, detections=empty) for name, role in counter.roles.items() if role != "density"}
+        results["density"] = BranchResult(meta, "density", density=DensityMap(d, S))
+        _, dmap, counts = counter(results, meta)
+        assert counts.calibration is not None and dmap is not None and counts.density == pytest.approx(dmap.count)
+        learnt.append(counts.calibration.frames)
+    assert learnt == [0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2]
+    # without spread: every fresh frame
+    assert FrameCounter.from_config(cfg.model_copy(update={"branches": {
+        **cfg.branches, "density": cfg.branches["density"].model_copy(update={"spread": False})}})).density_learn_every == 1
