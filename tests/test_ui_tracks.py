@@ -411,7 +411,8 @@ def test_the_window_draws_real_tracks_and_counts_a_static_track_on_request(qtbot
     from ui.window import MainWindow
 
     data = yaml.safe_load(Path("config/laptop.yaml").read_text())
-    tracking = dict(data["tracking"], static_after_s=2.0)  # the cloth on the grass is static after 2 s
+    # the cloth on the grass is static after 2 s; the 640 detector's tracking settings (small_config)
+    tracking = dict(data["tracking"], static_after_s=2.0, activation_score=0.25, match_threshold=0.8)
     cfg = small_config(tmp_path, tracking=tracking, fusion=dict(data["fusion"], strategy="STRICT_SYNC"))
     session = GuiSession()
     win = MainWindow(session, None, "test")
