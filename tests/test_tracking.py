@@ -112,6 +112,22 @@ def test_line_in_out_match_hand_counts(vtest_detections) -> None:  # type: ignor
 @needs_assets
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the first one computes the clip's detections: 2-8 min on 2 cores
+def test_both_bytetrack_engines_give_the_same_tracks_on_the_clip(vtest_detections) -> None:  # type: ignore[no-untyped-def]
+    """tracking.engine arrays (pipeline.bytetrack) against supervision's own ByteTrack on the real
+    detections: every id of every frame, every count and crossing the same."""
+    cfg = hand_line_cfg()
+    arrays = run_clip(*vtest_detections, cfg.model_copy(update={"engine": "arrays"}))
+    ref = run_clip(*vtest_detections, cfg.model_copy(update={"engine": "supervision"}))
+    for a, b in zip(arrays, ref, strict=True):
+        assert np.array_equal(a.track_id, b.track_id), a.frame.frame_index
+        assert (a.confirmed_count, [t.id for t in a.tracks]) == (b.confirmed_count, [t.id for t in b.tracks])
+        assert a.crossings == b.crossings
+    assert sum(int((f.track_id >= 0).sum()) for f in arrays) > 2000  # ids were compared, not only -1s
+
+
+@needs_assets
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the first one computes the clip's detections: 2-8 min on 2 cores
 def test_confirmed_counts_are_closer_to_hand_counts_than_raw_detections(vtest_detections) -> None:  # type: ignore[no-untyped-def]
     out = run_clip(*vtest_detections, TrackingConfig())
     hand = {int(k): v for k, v in HAND["frames"].items()}
