@@ -186,6 +186,8 @@ def _make_runner(cfg: PipelineConfig, branch: str, model_name: str, spec: InputS
             "intra_op_threads": intra_op_threads(cfg),
             "device": be.device,
         }
+        if be.device == "cpu":
+            kwargs["cpu_batch"] = be.onnxruntime.cpu_batch
         if be.device == "gpu":  # the detector's stream goes first; density fills the gaps
             kwargs["stream_priority"] = "low" if model.kind == "density" else "high"
     else:

@@ -108,6 +108,11 @@ class OnnxRuntimeConfig(_Strict):
     intra_op_threads: int = Field(
         0, ge=0, description="CPU threads per session (0: the cores split over the enabled branches, app.build.intra_op_threads)."
     )
+    cpu_batch: int = Field(
+        1, ge=0,
+        description="CPU sessions run a batch in calls of at most this many images (0: the whole batch in one call). "
+        "The detector on 2 cores: 116 ms an image in calls of 1, 164 ms in one call of 33 (docs/BENCHMARKS.md).",
+    )
 
 
 class TensorRTConfig(_Strict):

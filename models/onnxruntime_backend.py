@@ -227,13 +227,17 @@ class OnnxRuntimeBackend:
         stream_priority: Literal["high", "normal", "low"] = "normal",
         stream_handle: int | None = None,
         cuda_options: Mapping[str, str] | None = None,
+        cpu_batch: int = 0,
     ) -> None:
         """``intra_op_threads``: CPU threads of this session (0: ORT's default, every core; the app
         passes :func:`cpu_thread_budget`). GPU: ``stream_handle`` a ``cudaStream_t`` to enqueue on
         (None: a stream of ``stream_priority`` made for this backend), ``cuda_options`` overrides of
         :func:`cuda_provider_options` (e.g. ``{"use_tf32": "0"}``); both go into the session when it
-        is created."""
+        is created. ``cpu_batch``: on the CPU, a batch runs in calls of at most this many images
+        (0: one call), outputs concatenated; smaller calls keep the activations in cache (the
+        detector on 2 cores: 116 ms an image at 1, 164 ms at 33)."""
         self.name = f"onnxruntime:{Path(path).name}"
+        self.cpu_batch = int(cpu_batch)
         self.device = device
         providers = providers or (["CUDAExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"])
         stream = None
@@ -274,8 +278,21 @@ class OnnxRuntimeBackend:
         if self._gpu is not None:
             return self._gpu.run(inputs)
         feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
-        outs = self._session.run(None, feeds, self._run_options)
+        batch = min((len(v) for v in feeds.values() if v.ndim), default=0)
+        step = self.cpu_batch
+        if step and batch > step and self._batch_dynamic():
+            parts = [
+                self._session.run(None, {k: v[s : s + step] for k, v in feeds.items()}, self._run_options)
+                for s in range(0, batch, step)
+            ]
+            outs = [np.concatenate(chunks) for chunks in zip(*parts, strict=True)]
+        else:
+            outs = self._session.run(None, feeds, self._run_options)
         return ReadyOutputs({o.name: arr for o, arr in zip(self.outputs, outs, strict=True)})
+
+    def _batch_dynamic(self) -> bool:
+        """Every input and output has a symbolic first dimension (a batch that can be split)."""
+        return all(t.shape and t.shape[0] is None for t in (*self.inputs, *self.outputs))
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return self.enqueue(inputs).wait()

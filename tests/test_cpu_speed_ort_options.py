@@ -113,3 +113,40 @@ def test_app_gives_each_cpu_session_its_share_of_the_cores(config: str, expected
     data = cfg.model_dump(mode="json")
     data["backend"]["onnxruntime"]["intra_op_threads"] = 7
     assert intra_op_threads(type(cfg).model_validate(data)) == 7  # an explicit count is kept
+
+
+DYN_DETECTOR = ROOT / ".cache/assets/models/person_yolov8s.dyn.onnx"
+
+
+@pytest.mark.skipif(not DYN_DETECTOR.exists(), reason="demo assets not fetched (`python main.py fetch-assets`)")
+def test_a_cpu_batch_runs_in_calls_of_cpu_batch_images_with_the_same_outputs() -> None:
+    """The real batch-dynamic detector on 5 letterboxed vtest frames: in calls of 2 images (3 calls)
+    the outputs are those of one call of 5."""
+    import av
+
+    from pipeline.preprocess import InputSpec, NumpyPreprocessor
+    from pipeline.types import Frame, FrameMeta
+
+    pre = NumpyPreprocessor(InputSpec("g", "letterbox", 640, 640))
+    images = []
+    with av.open(str(ROOT / ".cache/assets/video/vtest.avi")) as c:
+        for i, vf in enumerate(c.decode(video=0)):
+            if i % 40 == 0:
+                img = vf.to_ndarray(format="rgb24")
+                images.append(pre.run(Frame(FrameMeta("t", i, 0.0, 0.0, img.shape[1], img.shape[0]), img)).tensor)
+            if len(images) == 5:
+                break
+    batch = np.concatenate(images)
+    whole = OnnxRuntimeBackend(DYN_DETECTOR, intra_op_threads=1, cpu_batch=0)
+    split = OnnxRuntimeBackend(DYN_DETECTOR, intra_op_threads=1, cpu_batch=2)
+    calls = []
+    run = split._session.run
+    split._session.run = lambda *a, **k: calls.append(len(a[1]["images"])) or run(*a, **k)  # type: ignore[method-assign]
+    try:
+        a, b = whole.infer({"images": batch}), split.infer({"images": batch})
+    finally:
+        whole.close()
+        split.close()
+    assert calls == [2, 2, 1]
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape == (5, 6, 8400) for k in a)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-3
