@@ -238,6 +238,16 @@ def check_model_outputs(model_name: str, model: ModelConfig, outputs: tuple[Tens
         )
 
 
+def make_display_copy(cfg: PipelineConfig) -> Any:
+    """The window's picture of GPU frames (``gpu.display.DisplayCopier``) on the GPU path; None on
+    the CPU path, whose frames are host images already."""
+    if cfg.backend.device != "gpu":
+        return None
+    from gpu.display import DisplayCopier
+
+    return DisplayCopier()
+
+
 def make_counter(cfg: PipelineConfig, frame_rate: float | None = None) -> FrameCounter:
     """The fusion's ``combine`` for ``cfg`` (:meth:`pipeline.frame_counter.FrameCounter.from_config`):
     a new one per run and stream, since its tracker keeps state; ``frame_rate``: the stream's."""

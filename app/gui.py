@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from app.build import close_branches, make_branches, make_counter, make_source
+from app.build import close_branches, make_branches, make_counter, make_display_copy, make_source
 from app.headless import SummarySink, stream_configs, versions
 from config import load_pipeline_config
 from config.errors import AppError, ConfigError, StageError
@@ -356,6 +356,7 @@ class _Run:
             self.orch = orch = Orchestrator(
                 source, branches, self.counter, cfg.fusion, sinks=(writer, summary, self.sink),
                 max_frames=cfg.max_frames, on_full="drop", publish_images=True,
+                display_copy=make_display_copy(cfg),
             )  # fmt: skip
             orch.start()
             self._set(RunState.RUNNING)

@@ -100,6 +100,19 @@ class PreprocessPlan:
         return np.stack([x0, y0, np.minimum(x1, w), np.minimum(y1, h)], axis=1)
 
 
+DISPLAY_MAX_WH = (1280, 720)
+"""The largest picture the window gets from the GPU path (a 4K frame is shown at 1280 x 720)."""
+
+
+def display_size(frame_w: int, frame_h: int, max_wh: tuple[int, int] = DISPLAY_MAX_WH) -> tuple[int, int]:
+    """(w, h) of the picture of a ``frame_w`` x ``frame_h`` frame for a window: the frame's aspect,
+    within ``max_wh``, never larger than the frame, even sizes (at least 2)."""
+    if frame_w <= 0 or frame_h <= 0:
+        raise ValueError(f"display_size: frame size must be positive, got {frame_w}x{frame_h}")
+    r = min(1.0, max_wh[0] / frame_w, max_wh[1] / frame_h)
+    return max(2, int(frame_w * r) // 2 * 2), max(2, int(frame_h * r) // 2 * 2)
+
+
 def tile_origins_1d(length: int, tile: int, overlap: float) -> list[int]:
     """Origins of full-size tiles covering ``[0, length)``; the last tile is shifted inward.
 

@@ -56,7 +56,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -306,7 +306,10 @@ class Orchestrator:
     ``wait`` returns when the source has ended and every frame is published, or on a failure.
     ``strategy`` overrides ``cfg.strategy``. ``max_frames`` stops the source early.
     ``publish_images`` passes each frame's RGB host image on to fusion (``FusedResult.frame_image``);
-    off, results carry no pixels. ``run_sequential`` and ``on_full`` choose the submit policy.
+    off, results carry no pixels. A GPU frame has no host image: ``display_copy(frame)`` makes one
+    (``gpu.display.DisplayCopier``: a display-sized RGB copy; the window's picture on the NVDEC
+    path), on the worker thread before the branches get the frame; without it GPU frames carry no
+    pixels. A failing copy is logged once and turned off; counting goes on. ``run_sequential`` and ``on_full`` choose the submit policy.
     ``clock`` gives every time the orchestrator and its fusion read.
     """
 
@@ -323,6 +326,7 @@ class Orchestrator:
         on_full: OnFull = "drop",
         max_frames: int | None = None,
         publish_images: bool = False,
+        display_copy: Callable[[Frame], Any] | None = None,
         poll_interval_s: float = 0.01,
         stop_timeout_s: float = 5.0,
         clock: Clock = time.perf_counter,
@@ -340,6 +344,7 @@ class Orchestrator:
         self._clock = clock
         self._max_frames = max_frames
         self._publish_images = publish_images
+        self._display_copy = display_copy
         self._poll_s = poll_interval_s
         self._stop_timeout_s = stop_timeout_s
 
@@ -552,8 +557,22 @@ class Orchestrator:
         """Hand one frame to its due branches and to fusion (the submit policy); False when stopping."""
         meta = frame.meta
         due = [b for b in self._branches if meta.frame_index % b.every_n_frames == 0]
-        image = frame.image if self._publish_images and frame.device == "cpu" and frame.layout == "rgb" else None
+        image = None
+        if self._publish_images:
+            if frame.device == "cpu" and frame.layout == "rgb":
+                image = frame.image
+            elif frame.device == "gpu" and self._display_copy is not None:
+                image = self._display_image(frame)
         return self._policy.submit(self, frame, due, _FrameItem(meta, (), image, timings))
+
+    def _display_image(self, frame: Frame) -> Any:
+        assert self._display_copy is not None
+        try:
+            return self._display_copy(frame)
+        except Exception as exc:  # the picture is not the product: counting goes on without it
+            log.warning("display copy of GPU frames failed (%s: %s); the window shows no video from now on", type(exc).__name__, exc)
+            self._display_copy = None
+            return None
 
     # The ports a submit policy uses.
 

@@ -94,3 +94,16 @@ def test_tile_box_maps_to_frame_by_origin() -> None:
 def test_bad_sizes_raise(bad: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="positive"):
         plan_letterbox(bad[0], bad[1], 640, 640)
+
+
+@pytest.mark.parametrize(
+    ("frame", "want"),
+    [((3840, 2160), (1280, 720)), ((1920, 1080), (1280, 720)), ((768, 576), (768, 576)), ((1080, 1920), (404, 720)),
+     ((641, 481), (640, 480)), ((4096, 2160), (1280, 674))],
+)
+def test_display_size_keeps_the_aspect_within_1280x720_and_never_upscales(frame: tuple[int, int], want: tuple[int, int]) -> None:
+    from pipeline.geometry import display_size
+
+    assert display_size(*frame) == want
+    w, h = want
+    assert w % 2 == 0 and h % 2 == 0 and w <= 1280 and h <= 720

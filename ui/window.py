@@ -1120,7 +1120,7 @@ class MainWindow(QMainWindow):
         t0 = time.perf_counter()
         image = result.frame_image
         last = self._last_image
-        if image is None and last is not None and last.shape[:2] == (result.frame.height, result.frame.width):
+        if image is None and last is not None and _same_aspect(last.shape[:2], (result.frame.height, result.frame.width)):
             image = last  # metadata-only results (RAW_STREAM_WITH_METADATA) keep showing the last pixels
         size = self.video.render_size(result.frame.width, result.frame.height)
         sink = self._sink
@@ -1390,3 +1390,9 @@ class MainWindow(QMainWindow):
             return
         event.accept()
         self.closed.emit()
+
+
+def _same_aspect(a: tuple[int, ...], b: tuple[int, int]) -> bool:
+    """Whether image shape ``a`` (h, w) shows a frame of ``b`` (h, w): the same size, or the GPU
+    path's display-sized copy of it (the same aspect within 1 %)."""
+    return tuple(a) == b or (a[0] > 0 and b[0] > 0 and abs(a[1] / a[0] - b[1] / b[0]) <= 0.01 * b[1] / b[0])
