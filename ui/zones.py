@@ -23,7 +23,7 @@ stay), as ``units: normalized`` when the config schema has that key, else frame 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,29 +140,37 @@ def zones_to_config(zones: Sequence[Zone], frame_wh: tuple[int, int] | None) -> 
     return entries
 
 
-_ZONES_LINE = re.compile(r"^(?P<indent>[ \t]+)zones:(?P<rest>.*)$")
-
-
 def save_zones(config_path: str | Path, zones: Sequence[Zone], frame_wh: tuple[int, int] | None) -> Path:
     """Write ``zones`` as ``counting.zones`` of the config file; returns its path.
 
     Only the ``zones:`` block of ``counting`` is replaced (comments and the rest of the file stay);
     the result is validated before it is written, so a bad zone never breaks the config.
     """
+    return save_block(config_path, "counting", "zones", zones_to_config(zones, frame_wh))
+
+
+def save_block(config_path: str | Path, section: str, key: str, entries: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``entries`` as the list ``<section>.<key>`` of the config file; returns its path.
+
+    Only that block is replaced, one flow-style entry a line (comments and the rest of the file
+    stay); without the block, the file is rewritten with it. The new text is validated by
+    :class:`PipelineConfig` before it is written (atomically), so a bad entry never breaks the
+    config: a :class:`ConfigError` names the file and the problem instead.
+    """
     path = Path(config_path)
     text = path.read_text(encoding="utf-8")
-    entries = zones_to_config(zones, frame_wh)
+    key_line = re.compile(rf"^(?P<indent>[ \t]+){re.escape(key)}:(?P<rest>.*)$")
     lines = text.splitlines()
     start = end = None
-    in_counting = False
+    in_section = False
     for i, line in enumerate(lines):
-        if re.match(r"^counting:\s*(#.*)?$", line):
-            in_counting = True
+        if re.match(rf"^{re.escape(section)}:\s*(#.*)?$", line):
+            in_section = True
             continue
-        if in_counting and line and not line[0].isspace() and not line.lstrip().startswith("#"):
+        if in_section and line and not line[0].isspace() and not line.lstrip().startswith("#"):
             break
-        m = _ZONES_LINE.match(line)
-        if in_counting and m:
+        m = key_line.match(line)
+        if in_section and m:
             indent = m.group("indent")
             start, end = i, i + 1
             while end < len(lines) and (not lines[end].strip() or lines[end].startswith(indent + " ") or lines[end].startswith(indent + "-")):
@@ -171,22 +179,32 @@ def save_zones(config_path: str | Path, zones: Sequence[Zone], frame_wh: tuple[i
                 end -= 1
             break
     if start is not None:
-        indent = _ZONES_LINE.match(lines[start]).group("indent")  # type: ignore[union-attr]
-        block = [f"{indent}zones:" + ("" if entries else " []") + "  # edited in the operator window"]
-        block += [f"{indent}  - {yaml.safe_dump(e, default_flow_style=True, sort_keys=False, width=10_000).strip()}" for e in entries]
+        indent = key_line.match(lines[start]).group("indent")  # type: ignore[union-attr]
+        block = [f"{indent}{key}:" + ("" if entries else " []") + "  # edited in the operator window"]
+        block += [f"{indent}  - {yaml.safe_dump(dict(e), default_flow_style=True, sort_keys=False, width=10_000).strip()}" for e in entries]
         new_text = "\n".join(lines[:start] + block + lines[end:]) + "\n"
     else:
         data = yaml.safe_load(text) or {}
-        data.setdefault("counting", {})["zones"] = entries
+        data.setdefault(section, {})[key] = [dict(e) for e in entries]
         new_text = yaml.safe_dump(data, sort_keys=False)
     try:
         PipelineConfig.model_validate(yaml.safe_load(new_text))
     except ValueError as e:
-        raise ConfigError(f"{path}: the zones do not make a valid config: {e}") from None
+        raise ConfigError(f"{path}: the {key} do not make a valid config: {e}") from None
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new_text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def checked_name(name: str, taken: Iterable[str], kind: str) -> str:
+    """``name`` stripped, or ValueError naming the problem: empty, or taken by another ``kind``."""
+    name = name.strip()
+    if not name:
+        raise ValueError(f"a {kind} needs a name")
+    if name in set(taken):
+        raise ValueError(f"a {kind} named {name!r} exists; choose another name")
+    return name
 
 
 class ZoneEditor(QObject):
@@ -209,6 +227,11 @@ class ZoneEditor(QObject):
 
     # -- operations (also the API the tests drive) ---------------------------------------------
 
+    @property
+    def names(self) -> list[str]:
+        """The zones' names, in order (the zone list shows them)."""
+        return [z.name for z in self.zones]
+
     def set_zones(self, zones: Sequence[Zone]) -> None:
         self.zones = list(zones)
         self.selected = None
@@ -226,9 +249,7 @@ class ZoneEditor(QObject):
     def add_zone(self, points: Sequence[Point], name: str | None = None) -> Zone:
         if len(points) < 3:
             raise ValueError(f"a zone needs 3 points at least, got {len(points)}")
-        name = name or self._new_name()
-        if any(z.name == name for z in self.zones):
-            raise ValueError(f"a zone named {name!r} exists; choose another name")
+        name = checked_name(name or self._new_name(), self.names, "zone")
         zone = Zone(name, tuple((_clip(x), _clip(y)) for x, y in points))
         self.zones.append(zone)
         self.selected = len(self.zones) - 1
@@ -236,11 +257,7 @@ class ZoneEditor(QObject):
         return zone
 
     def rename(self, index: int, name: str) -> None:
-        name = name.strip()
-        if not name:
-            raise ValueError("a zone needs a name")
-        if any(z.name == name for i, z in enumerate(self.zones) if i != index):
-            raise ValueError(f"a zone named {name!r} exists; choose another name")
+        name = checked_name(name, (z.name for i, z in enumerate(self.zones) if i != index), "zone")
         self.zones[index] = Zone(name, self.zones[index].points)
         self.changed.emit()
 
