@@ -114,12 +114,17 @@ class OverlayScene:
     is not of the frame on screen is drawn stale (dashed, faded, with its age). None: never.
     ``roles``: branch name -> role (``global``, ``tiles``, ``global+tiles``, ``density``), which
     says which layer each overlay feeds; a branch without a role feeds every layer (so an old one
-    can only make more drawn stale, never less). ``lines``: the tracker's counting lines.
+    can only make more drawn stale, never less). ``lines``: the tracker's counting lines (the
+    text block lists their totals). ``drawn_lines``: the lines drawn on the video when they are not
+    ``lines`` (the window's line editor, :mod:`ui.lines`); ``pending_lines``: names of drawn lines
+    the run does not count as drawn, shown "not counted yet", never with a count.
     """
 
     max_overlay_age_ms: float | None = None
     roles: Mapping[str, str] = field(default_factory=dict)
     lines: tuple[LineConfig, ...] = ()
+    drawn_lines: tuple[LineConfig, ...] | None = None
+    pending_lines: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig | None) -> OverlayScene:
@@ -455,6 +460,9 @@ def counts_lines(
             lines.append((line_summary(line.name, totals), white if own else UNKNOWN_COLOR))
     elif scene.lines:
         lines.extend((line_summary(line.name, None), UNKNOWN_COLOR) for line in scene.lines)
+    for line in scene.drawn_lines or ():
+        if line.name in scene.pending_lines:
+            lines.append((line_summary(line.name, None, pending=True), UNKNOWN_COLOR))
     lines.append((f"{result.strategy}   frame {idx}", DIM))
     if result.missing:
         lines.append(("PARTIAL: " + missing_reason(result.missing), PARTIAL_COLOR))
@@ -548,8 +556,10 @@ def render_overlay(
         if options.tracks:
             if view is not None:
                 draw_tracks(painter, view, sx, sy, h, options.box_width)
-            if scene.lines:
-                draw_lines(painter, resolve_lines(scene.lines, (result.frame.width, result.frame.height)), view, sx, sy, h)
+            drawn = scene.lines if scene.drawn_lines is None else scene.drawn_lines
+            if drawn:
+                draw_lines(painter, resolve_lines(drawn, (result.frame.width, result.frame.height)), view, sx, sy, h,
+                           pending=scene.pending_lines)  # fmt: skip
         if options.text:
             _draw_text(painter, counts_lines(result, metadata, scene), h)
     finally:

@@ -14,7 +14,7 @@ totals of another frame, or unknown ones, are amber. Only the frame's own tracki
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,8 +140,15 @@ def tracks_summary(view: TracksView) -> str:
     return " · ".join(parts)
 
 
-def line_summary(name: str, counts: Mapping[str, LineCount] | None) -> str:
-    """``walkway: in 5 · out 3``, or unknown (tracking off, or counts unknown)."""
+NOT_COUNTED_YET = "not counted yet — restart to apply"
+"""The label of a line drawn or edited in the window that the running pipeline does not count."""
+
+
+def line_summary(name: str, counts: Mapping[str, LineCount] | None, pending: bool = False) -> str:
+    """``walkway: in 5 · out 3``, or unknown (tracking off, or counts unknown); ``pending``: the
+    run does not count this line as drawn (added or edited since it started): no count at all."""
+    if pending:
+        return f"{name}: {NOT_COUNTED_YET}"
     lc = None if counts is None else counts.get(name)
     if lc is None:
         return f"{name}: in/out unknown"
@@ -221,10 +228,12 @@ def draw_lines(
     sy: float,
     height: float,
     width: float = 3.0,
+    pending: Collection[str] = (),
 ) -> None:
     """Each counting line with an ``in`` arrow on its in side and its totals. Totals are white only
     when they are the frame's own (``view.fresh``); another frame's totals are amber with the frame,
-    and without tracking (or before it runs) they are unknown, never 0."""
+    and without tracking (or before it runs) they are unknown, never 0. Lines named in ``pending``
+    (drawn or edited in the window, not counted by the run) say :data:`NOT_COUNTED_YET` instead."""
     _font(painter, height, 50)
     counts = None if view is None else view.tracking.line_counts
     painter.save()
@@ -253,9 +262,10 @@ def draw_lines(
             m = painter.fontMetrics()
             painter.drawText(QPointF(tip.x() - m.horizontalAdvance("in") / 2 + n.x() / norm * m.height() * 0.9,
                                      tip.y() + m.ascent() / 2 + n.y() / norm * m.height() * 0.9), "in")  # fmt: skip
-            text = line_summary(line.name, counts)
-            fresh = view is not None and view.fresh and line.name in (counts or {})
-            if view is not None and not view.fresh and line.name in (counts or {}):
+            waiting = line.name in pending
+            text = line_summary(line.name, counts, waiting)
+            fresh = view is not None and view.fresh and line.name in (counts or {}) and not waiting
+            if view is not None and not view.fresh and line.name in (counts or {}) and not waiting:
                 text += f"  (frame {view.frame_index})"
             # the label by the lower end (the text block holds the top left), kept on the image
             low = a if (a.y(), a.x()) >= (b.y(), b.x()) else b
