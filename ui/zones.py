@@ -250,7 +250,7 @@ class ZoneEditor(QObject):
         if len(points) < 3:
             raise ValueError(f"a zone needs 3 points at least, got {len(points)}")
         name = checked_name(name or self._new_name(), self.names, "zone")
-        zone = Zone(name, tuple((_clip(x), _clip(y)) for x, y in points))
+        zone = Zone(name, tuple((clip01(x), clip01(y)) for x, y in points))
         self.zones.append(zone)
         self.selected = len(self.zones) - 1
         self.changed.emit()
@@ -278,7 +278,7 @@ class ZoneEditor(QObject):
     def move_vertex(self, index: int, vertex: int, point: Point) -> None:
         z = self.zones[index]
         pts = list(z.points)
-        pts[vertex] = (_clip(point[0]), _clip(point[1]))
+        pts[vertex] = (clip01(point[0]), clip01(point[1]))
         self.zones[index] = Zone(z.name, tuple(pts))
         self.changed.emit()
 
@@ -404,5 +404,6 @@ class ZoneEditor(QObject):
                 painter.drawEllipse(sp, 3.5, 3.5)
 
 
-def _clip(v: float) -> float:
+def clip01(v: float) -> float:
+    """``v`` clipped to 0..1 (a normalised coordinate on the frame)."""
     return float(min(1.0, max(0.0, v)))
