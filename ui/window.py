@@ -26,6 +26,8 @@ import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -74,11 +76,12 @@ from ui.bridge import CameraStatus, LatestResultSink, PipelineStatus, RunRequest
 from ui.cameras import CameraStrip
 from ui.charts import TelemetryCharts
 from ui.history import HistoryPanel
+from ui.lines import Line, LineEditor, line_texts, lines_from_config, pending_lines, save_lines
 from ui.overlay import OverlayOptions, OverlayScene, fit_size, render_overlay, shown_counts
 from ui.qt_fixes import apply_qt_workarounds
 from ui.settings import last_folder, recent_sources, remember_folder, remember_source
 from ui.tasks import pending_tasks
-from ui.tracks import track_at, track_label, tracking_of
+from ui.tracks import NOT_COUNTED_YET, line_counts_of, track_at, track_label, tracking_of
 from ui.widgets import Banner, ElidedLabel
 from ui.zones import Zone, ZoneEditor, save_zones, zone_counts, zone_occupancy, zones_from_config
 
@@ -203,17 +206,19 @@ class VideoView(QWidget):
     """Shows the latest rendered frame, centred and aspect-fitted, with the zones over it.
 
     The window renders overlays at :meth:`render_size` so this widget only blits. Mouse gestures
-    go to the :class:`~ui.zones.ZoneEditor` while it is editing; otherwise a right-click (or a
+    go to the :class:`~ui.zones.ZoneEditor` or the :class:`~ui.lines.LineEditor` while one is
+    editing (the window keeps one at a time); otherwise a right-click (or a
     left click) is offered to the window as ``track_menu_requested(widget pos, global pos, click)``.
     """
 
     resized = Signal()
     track_menu_requested = Signal(QPointF, QPoint, bool)
 
-    def __init__(self, zones: ZoneEditor, parent: QWidget | None = None) -> None:
+    def __init__(self, zones: ZoneEditor, lines: LineEditor | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._image: QImage | None = None
         self.zones = zones
+        self.lines = lines or LineEditor(self)
         self.zone_values: dict[str, tuple[float | None, bool]] = {}
         self.zone_occupancy: dict[str, int | None] = {}
         self.zone_counts_of: int | None = None
@@ -224,6 +229,7 @@ class VideoView(QWidget):
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         zones.changed.connect(self.update)
+        self.lines.changed.connect(self.update)
 
     @property
     def image(self) -> QImage | None:
@@ -261,6 +267,7 @@ class VideoView(QWidget):
             else:
                 painter.drawImage(self.image_rect(), self._image)
                 self.zones.paint(painter, self.image_rect(), self.zone_values, self.zone_occupancy, self.zone_counts_of)
+                self.lines.paint(painter, self.image_rect())
             if self.badge:
                 font = QFont()
                 font.setPixelSize(max(16, self.height() // 18))
@@ -280,21 +287,28 @@ class VideoView(QWidget):
         super().resizeEvent(event)
         self.resized.emit()
 
+    def _display_size(self) -> tuple[float, float]:
+        return self.image_rect().width(), self.image_rect().height()
+
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.zones.editing:
-            self.zones.press(self.to_normalized(event.position()), (self.image_rect().width(), self.image_rect().height()))
+            self.zones.press(self.to_normalized(event.position()), self._display_size())
+        elif event.button() == Qt.MouseButton.LeftButton and self.lines.editing:
+            self.lines.press(self.to_normalized(event.position()), self._display_size())
         elif event.button() == Qt.MouseButton.LeftButton and self._image is not None:
             self.track_menu_requested.emit(event.position(), event.globalPosition().toPoint(), True)
 
     def contextMenuEvent(self, event: QContextMenuEvent) -> None:
-        if not self.zones.editing and self._image is not None:
+        if not self.zones.editing and not self.lines.editing and self._image is not None:
             self.track_menu_requested.emit(QPointF(event.pos()), event.globalPos(), False)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         self.zones.move(self.to_normalized(event.position()))
+        self.lines.move(self.to_normalized(event.position()))
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         self.zones.release()
+        self.lines.release(self.to_normalized(event.position()), self._display_size())
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         if self.zones.editing and self.zones.drawing:
@@ -307,35 +321,46 @@ class VideoView(QWidget):
             self.zones.cancel()
         elif self.zones.editing and event.key() == Qt.Key.Key_Delete and self.zones.selected is not None:
             self.zones.delete(self.zones.selected)
+        elif self.lines.editing and event.key() == Qt.Key.Key_Escape:
+            self.lines.cancel()
+        elif self.lines.editing and event.key() == Qt.Key.Key_Delete and self.lines.selected is not None:
+            self.lines.delete(self.lines.selected)
+        elif self.lines.editing and event.key() == Qt.Key.Key_I and self.lines.selected is not None:
+            self.lines.flip(self.lines.selected)
         else:
             super().keyPressEvent(event)
 
 
-class ZonePanel(QWidget):
-    """The zone list beside the video: names (editable), live counts, and the zone actions."""
+class EditorPanel(QWidget):
+    """The list beside the video of what an editor holds (:class:`~ui.zones.ZoneEditor`,
+    :class:`~ui.lines.LineEditor`): names (editable), live counts, and the editor's actions.
 
-    def __init__(self, editor: ZoneEditor, parent: QWidget | None = None) -> None:
+    The editor gives ``names``, ``selected``, ``editing``, ``rename``, ``delete``, ``cancel`` and
+    ``changed``; ``extra`` buttons go after Delete."""
+
+    def __init__(self, editor: ZoneEditor | LineEditor, noun: str, edit_tip: str, save_tip: str, apply_tip: str, hint: str,
+                 extra: Sequence[QPushButton] = (), parent: QWidget | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.editor = editor
         self.list = QListWidget()
         self.list.setMaximumHeight(120)
         self.list.itemChanged.connect(self._on_item_changed)
         self.list.currentRowChanged.connect(self._on_row)
-        self.edit_button = QPushButton("Draw / edit zones")
+        self.edit_button = QPushButton(f"Draw / edit {noun}")
         self.edit_button.setCheckable(True)
-        self.edit_button.setToolTip("Click on the video to place points, double-click or Enter to close a zone; "
-                                    "drag a corner or a zone to move it; Delete removes the selected zone")
+        self.edit_button.setToolTip(edit_tip)
         self.edit_button.toggled.connect(self._on_edit)
         self.delete_button = QPushButton("Delete")
+        self.delete_button.setToolTip(f"Delete the selected {noun[:-1]} (Delete on the video)")
         self.delete_button.clicked.connect(self._on_delete)
         self.save_button = QPushButton("Save to config")
-        self.save_button.setToolTip("Write these zones into the config file's counting.zones; the pipeline counts them from the next start")
-        self.apply_button = QPushButton("Restart with zones")
-        self.apply_button.setToolTip("Save, then restart the run so the pipeline counts and stores these zones")
-        self.hint = QLabel("≈: preview from the detections until the run restarts with the zone")
+        self.save_button.setToolTip(save_tip)
+        self.apply_button = QPushButton(f"Restart with {noun}")
+        self.apply_button.setToolTip(apply_tip)
+        self.hint = QLabel(hint)
         self.hint.setStyleSheet("color:#9e9e9e;")
         buttons = QHBoxLayout()
-        for b in (self.edit_button, self.delete_button, self.save_button, self.apply_button):
+        for b in (self.edit_button, self.delete_button, *extra, self.save_button, self.apply_button):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             buttons.addWidget(b)
         buttons.addStretch(1)
@@ -345,7 +370,8 @@ class ZonePanel(QWidget):
         layout.addWidget(self.list)
         layout.addWidget(self.hint)
         self._updating = False
-        editor.changed.connect(self.sync)
+        self._texts: Mapping[str, str] = {}
+        editor.changed.connect(self.sync_texts)
 
     def _on_edit(self, on: bool) -> None:
         self.editor.editing = on
@@ -355,11 +381,11 @@ class ZonePanel(QWidget):
 
     def _on_delete(self) -> None:
         row = self.list.currentRow()
-        if 0 <= row < len(self.editor.zones):
+        if 0 <= row < len(self.editor.names):
             self.editor.delete(row)
 
     def _on_row(self, row: int) -> None:
-        if not self._updating and 0 <= row < len(self.editor.zones):
+        if not self._updating and 0 <= row < len(self.editor.names):
             self.editor.selected = row
             self.editor.changed.emit()
 
@@ -372,31 +398,71 @@ class ZonePanel(QWidget):
             self.editor.rename(row, name)
         except ValueError as e:
             self.window().show_message(str(e), error=True)  # type: ignore[attr-defined]
-            self.sync()
+            self.sync_texts()
 
-    def sync(self, values: dict[str, tuple[float | None, bool]] | None = None) -> None:
-        """Show the zones and their counts (``values`` from :func:`ui.zones.zone_counts`)."""
+    def sync_texts(self, texts: Mapping[str, str] | None = None) -> None:
+        """Show the names and, in each tooltip, its count (``texts``: name -> count text; the last
+        ones given when None)."""
         self._updating = True
         try:
-            if values is not None:
-                self._values = values
-            values = getattr(self, "_values", {})
-            while self.list.count() > len(self.editor.zones):
+            if texts is not None:
+                self._texts = texts
+            names = self.editor.names
+            while self.list.count() > len(names):
                 self.list.takeItem(self.list.count() - 1)
-            for i, z in enumerate(self.editor.zones):
-                value, preview = values.get(z.name, (None, True))
-                count = "unknown" if value is None else f"{'≈' if preview else ''}{value:g}"
+            for i, name in enumerate(names):
+                count = self._texts.get(name, "unknown")
                 if i >= self.list.count():
                     item = QListWidgetItem()
                     item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
                     self.list.addItem(item)
-                self.list.item(i).setText(z.name)
-                self.list.item(i).setToolTip(f"{z.name}: {count} people (double-click the name to rename)")
+                self.list.item(i).setText(name)
+                self.list.item(i).setToolTip(f"{name}: {count} (double-click the name to rename)")
                 self.list.item(i).setData(Qt.ItemDataRole.UserRole, count)
             if self.editor.selected is not None and self.editor.selected < self.list.count():
                 self.list.setCurrentRow(self.editor.selected)
         finally:
             self._updating = False
+
+
+class ZonePanel(EditorPanel):
+    """The zone list beside the video: names (editable), live counts, and the zone actions."""
+
+    def __init__(self, editor: ZoneEditor, parent: QWidget | None = None) -> None:
+        super().__init__(editor, "zones",
+                         "Click on the video to place points, double-click or Enter to close a zone; "
+                         "drag a corner or a zone to move it; Delete removes the selected zone",
+                         "Write these zones into the config file's counting.zones; the pipeline counts them from the next start",
+                         "Save, then restart the run so the pipeline counts and stores these zones",
+                         "≈: preview from the detections until the run restarts with the zone", parent=parent)  # fmt: skip
+
+    def sync(self, values: dict[str, tuple[float | None, bool]] | None = None) -> None:
+        """Show the zones and their counts (``values`` from :func:`ui.zones.zone_counts`)."""
+        texts = None if values is None else {
+            name: ("unknown" if v is None else f"{'≈' if preview else ''}{v:g}") + " people" for name, (v, preview) in values.items()
+        }  # fmt: skip
+        self.sync_texts(texts)
+
+
+class LinePanel(EditorPanel):
+    """The counting-line list beside the video: names (editable), in/out totals, the line actions."""
+
+    def __init__(self, editor: LineEditor, parent: QWidget | None = None) -> None:
+        flip = QPushButton("Flip in side")
+        flip.setToolTip("Swap the selected line's in and out sides (I on the video)")
+        super().__init__(editor, "lines",
+                         "Press on the video and drag to the other end (or click both ends) to add a line; "
+                         "drag an end or the line to move it; I flips its in side; Delete removes the selected line",
+                         "Write these lines into the config file's tracking.lines; the tracker counts them from the next start",
+                         "Save, then restart the run so the tracker counts and stores crossings of these lines",
+                         f"{NOT_COUNTED_YET}: a line added or edited since the run started has no count yet",
+                         extra=(flip,), parent=parent)  # fmt: skip
+        self.flip_button = flip
+        flip.clicked.connect(self._on_flip)
+
+    def _on_flip(self) -> None:
+        if isinstance(self.editor, LineEditor) and self.editor.selected is not None:
+            self.editor.flip(self.editor.selected)
 
 
 class MainWindow(QMainWindow):
@@ -432,6 +498,7 @@ class MainWindow(QMainWindow):
         self._branches: frozenset[str] | None = None
         self._max_frames = request.max_frames if request else None
         self._applied_zones: dict[str, Zone] = {}
+        self._applied_lines: dict[str, Line] = {}
         self._zones_loaded_for: int | None = None
         self._close_asked_at: float | None = None
         self._exit_status = "interrupted"
@@ -448,6 +515,7 @@ class MainWindow(QMainWindow):
         self.resize(1600, 950)
 
         self.zones = ZoneEditor(self)
+        self.lines = LineEditor(self)
         self._make_actions()
         self._make_widgets()
         self._make_menus()
@@ -513,6 +581,12 @@ class MainWindow(QMainWindow):
         self.zones_action = self._action("Edit &zones", self._on_zones_toggled, "Z", "Draw and edit counting zones", checkable=True)
         self.save_zones_action = self._action("&Save zones to config", self._on_save_zones, QKeySequence.StandardKey.Save,
                                               "Write the zones into the config's counting.zones")
+        self.lines_action = self._action("Edit &lines", self._on_lines_toggled, "L",
+                                         "Draw and edit counting lines (in/out crossings)", checkable=True)
+        self.save_lines_action = self._action("Save l&ines to config", self._on_save_lines, "Ctrl+Shift+S",
+                                              "Write the counting lines into the config's tracking.lines")
+        self.apply_lines_action = self._action("Restart &with lines", self._on_apply_lines, None,
+                                               "Save the lines, then restart the run so the tracker counts them")
         self.camera_actions: list[QAction] = []
         for i in range(9):
             a = self._action(f"Camera {i + 1}", functools.partial(self._select_camera_at, i), f"Alt+{i + 1}",
@@ -539,7 +613,7 @@ class MainWindow(QMainWindow):
         self.camera_strip = CameraStrip()
         self.camera_strip.selected.connect(self.select_camera)
         self.camera_strip.hide()
-        self.video = VideoView(self.zones)
+        self.video = VideoView(self.zones, self.lines)
         self.video.resized.connect(self._rerender)
         self.video.track_menu_requested.connect(self._on_track_menu)
         self.zone_panel = ZonePanel(self.zones)
@@ -548,6 +622,12 @@ class MainWindow(QMainWindow):
         self.zone_panel.edit_button.toggled.connect(self.zones_action.setChecked)
         self.zone_panel.hide()
         self.zones.changed.connect(self._update_zone_counts)
+        self.line_panel = LinePanel(self.lines)
+        self.line_panel.save_button.clicked.connect(self._on_save_lines)
+        self.line_panel.apply_button.clicked.connect(self._on_apply_lines)
+        self.line_panel.edit_button.toggled.connect(self.lines_action.setChecked)
+        self.line_panel.hide()
+        self.lines.changed.connect(self._on_lines_changed)
         self.charts = TelemetryCharts()
         self.charts.follow_changed.connect(self.follow_action.setChecked)
         self.follow_button = QToolButton()
@@ -567,6 +647,7 @@ class MainWindow(QMainWindow):
         left_layout.addWidget(self.stream_banner)
         left_layout.addWidget(self.video, 1)
         left_layout.addWidget(self.zone_panel)
+        left_layout.addWidget(self.line_panel)
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
@@ -643,6 +724,9 @@ class MainWindow(QMainWindow):
         zone_menu = mb.addMenu("&Zones")
         zone_menu.addAction(self.zones_action)
         zone_menu.addAction(self.save_zones_action)
+        line_menu = mb.addMenu("&Lines")
+        for a in (self.lines_action, self.save_lines_action, self.apply_lines_action):
+            line_menu.addAction(a)
 
     def _make_toolbar(self) -> None:
         tb = QToolBar("Run")
@@ -678,7 +762,7 @@ class MainWindow(QMainWindow):
         self.strategy_box.currentTextChanged.connect(self._choose_strategy)
         tb.addWidget(self.strategy_box)
         tb.addSeparator()
-        for a in (self.boxes_action, self.masks_action, self.heatmap_action, self.tracks_action, self.zones_action):
+        for a in (self.boxes_action, self.masks_action, self.heatmap_action, self.tracks_action, self.zones_action, self.lines_action):
             tb.addAction(a)
         tb.addSeparator()
         tb.addAction(self.export_action)
@@ -885,6 +969,7 @@ class MainWindow(QMainWindow):
             self._last_image = result.frame_image
         self._last_result = result
         if self._zones_loaded_for is None:
+            self._load_lines(result)  # zones and lines load together, once a run's first frame is known
             self._load_zones(result)
         self._update_layer_availability(result)
         render_ms = self._render()
@@ -1020,6 +1105,34 @@ class MainWindow(QMainWindow):
             self.zones.set_zones(applied)
         self._zones_loaded_for = result.frame.frame_index
 
+    def _load_lines(self, result: FusedResult) -> None:
+        cfg = self._controller.config
+        if cfg is None:
+            return
+        applied = lines_from_config(cfg.tracking.lines if cfg.tracking.enabled else [], (result.frame.width, result.frame.height))
+        self._applied_lines = {ln.name: ln for ln in applied}
+        if not self.lines.lines or set(self._applied_lines) >= set(self.lines.names):
+            self.lines.set_lines(applied)
+
+    def _line_scene(self) -> OverlayScene:
+        """The run's scene, drawing the editor's lines (those the run does not count: pending)."""
+        drawn = tuple(ln.to_config() for ln in self.lines.lines)
+        return replace(self.scene, drawn_lines=drawn, pending_lines=pending_lines(self.lines.lines, self._applied_lines))
+
+    def line_texts(self) -> dict[str, str]:
+        """What the line list says of each line: ``in 5 · out 3``, ``in/out unknown`` or
+        "not counted yet — restart to apply"."""
+        result = self._last_result
+        sink = self._sink
+        counts = None if result is None else shown_counts(result, sink.latest_metadata if sink else None)[0]
+        totals = None if counts is None else line_counts_of(counts)
+        return line_texts(self.lines.lines, self._applied_lines, totals)
+
+    def _on_lines_changed(self) -> None:
+        self.line_panel.sync_texts(self.line_texts())
+        if self._last_result is not None:
+            self._render()
+
     def _update_zone_counts(self) -> None:
         result = self._last_result
         values = zone_counts(result, self.zones.zones, self._applied_zones)
@@ -1028,6 +1141,7 @@ class MainWindow(QMainWindow):
         stale = result is not None and not result.raw and result.counts_frame_index not in (None, result.frame.frame_index)
         self.video.zone_counts_of = result.counts_frame_index if stale and result is not None else None
         self.zone_panel.sync(values)
+        self.line_panel.sync_texts(self.line_texts())
         self.video.update()
 
     @property
@@ -1130,7 +1244,7 @@ class MainWindow(QMainWindow):
             heatmap=self._options.heatmap and self.heatmap_action.isEnabled(),
             tracks=self._options.tracks,
         )
-        qimage = render_overlay(result, size, options, image, sink.latest_metadata if sink else None, self.scene)
+        qimage = render_overlay(result, size, options, image, sink.latest_metadata if sink else None, self._line_scene())
         qimage.setDevicePixelRatio(self.video.devicePixelRatioF())
         self.video.set_image(qimage)
         return (time.perf_counter() - t0) * 1000.0
@@ -1272,6 +1386,9 @@ class MainWindow(QMainWindow):
             self.history.refresh()
 
     def _on_zones_toggled(self, checked: bool) -> None:
+        if checked and self.lines_action.isChecked():
+            self.lines_action.setChecked(False)  # one editor at a time takes the mouse
+            self._on_lines_toggled(False)
         self.zone_panel.setVisible(checked or bool(self.zones.zones))
         if self.zone_panel.edit_button.isChecked() != checked:
             self.zone_panel.edit_button.setChecked(checked)
@@ -1289,6 +1406,31 @@ class MainWindow(QMainWindow):
 
     def _on_apply_zones(self) -> None:
         if self._on_save_zones():
+            self.start_run()
+
+    def _on_lines_toggled(self, checked: bool) -> None:
+        if checked and self.zones_action.isChecked():
+            self.zones_action.setChecked(False)  # one editor at a time takes the mouse
+            self._on_zones_toggled(False)
+        self.line_panel.setVisible(checked or bool(self.lines.lines))
+        if self.line_panel.edit_button.isChecked() != checked:
+            self.line_panel.edit_button.setChecked(checked)
+        self.video.setFocus()
+
+    def _on_save_lines(self) -> bool:
+        try:
+            path = save_lines(self._config_path, self.lines.lines)
+        except (AppError, OSError, ValueError) as e:
+            self.show_message(f"lines not saved: {e}", error=True)
+            return False
+        cfg = self._controller.config
+        off = cfg is not None and not cfg.tracking.enabled
+        self.show_message(f"{len(self.lines.lines)} lines saved to {path}; the tracker counts them from the next start"
+                          + (" (tracking.enabled is off in this config: no line is counted)" if off else ""))  # fmt: skip
+        return True
+
+    def _on_apply_lines(self) -> None:
+        if self._on_save_lines():
             self.start_run()
 
     # -- strategy ------------------------------------------------------------------------------
