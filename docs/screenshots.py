@@ -1,6 +1,6 @@
 """Screenshots of the operator window in its main states, on the real demo (run by docs/screenshots.sh).
 
-Drives the window as an operator would (open vtest, pause, a missing file, history, zones; tracks
+Drives the window as an operator would (open vtest, pause, a missing file, history, zones, lines; tracks
 with the vtest line ``walkway``) and saves each state to docs/img/*.png, scaled to 1280 px wide.
 ``python docs/screenshots.py tracks`` takes only the named shots (``main``: the first five).
 
@@ -112,6 +112,13 @@ def main(only: set[str] | None = None) -> int:
     shot(app, win, "zones")
     win.zones_action.trigger()
     win.zones.set_zones([])
+    # the line editor: the run's line (walkway, from laptop.yaml) keeps its live totals; a line
+    # added now says it is not counted until the run restarts with it
+    win.lines_action.trigger()
+    win.lines.add_line((0.62, 0.30), (0.62, 0.95), name="gate")
+    pause_for(app, 3.0)
+    shot(app, win, "lines")
+    win.lines_action.trigger()
     win.stop_action.trigger()
     wait(app, lambda: session.idle)
     win.open_source(str(tmp / "camera-archive" / "entrance.mp4"))

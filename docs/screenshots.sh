@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screenshots of the operator window (running, paused, source error, history, zones, tracks, the
+# Screenshots of the operator window (running, paused, source error, history, zones, lines, tracks, the
 # camera list of three streams) on the real demo, on a virtual X display: docs/img/*.png
 # (`docs/screenshots.sh tracks`: that shot only; `cameras`: the camera list). Needs Xvfb (apt-get install -y xvfb xdotool imagemagick libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 libxcb-xkb1 libxkbcommon-x11-0 libxcb-shape0).
 set -euo pipefail
@@ -22,7 +22,7 @@ fi
 if [ $# -eq 0 ] || [ $cameras -eq 1 ]; then
   DISPLAY="$DISPLAY_NUM" QT_QPA_PLATFORM=xcb .venv/bin/python docs/screenshots_cameras.py
 fi
-main=(running paused zones source_error history)
+main=(running paused zones lines source_error history)
 shots=()
 if [ $# -eq 0 ]; then shots=(tracks "${main[@]}" cameras); fi
 for a in "$@"; do
