@@ -304,6 +304,11 @@ class PyAVSource:
         index = 0
         first_pass = True
         outage: _Outage | None = None
+        # pts never goes back within a run: a looped file starts again at 0 and a reconnected
+        # stream at its own origin; an offset continues them one frame after the last pts (plus
+        # the outage, for a stream), so that everything timed by pts (tracks ending after
+        # lost_track_s, static and dwell windows, gaps, stored times) sees time go on
+        offset, last_pts, gap_s = 0.0, None, 0.0
         if self._container is None:  # a network stream not up at start: wait for it
             not_up = self._not_up or _Unavailable("not connected")
             outage = self._lose("not_up", None, str(not_up), stalled=not_up.stalled)
@@ -323,12 +328,17 @@ class PyAVSource:
                     end: _PassEnd = stop.value
                     break
                 if outage is not None:
-                    self._restored(outage, index)
+                    gap_s = self._restored(outage, index)
                     outage = None
+                raw = pts * tb if pts is not None else index / (self.fps or 30.0)
+                if last_pts is not None and raw + offset <= last_pts:
+                    offset = last_pts + gap_s + 1.0 / (self.fps or 30.0) - raw
+                gap_s = 0.0
+                last_pts = raw + offset
                 meta = FrameMeta(
                     stream_id=self.stream_id,
                     frame_index=index,
-                    pts=pts * tb if pts is not None else index / (self.fps or 30.0),
+                    pts=last_pts,
                     decode_ts=time.perf_counter(),
                     width=image.shape[1],
                     height=image.shape[0],
@@ -455,7 +465,8 @@ class PyAVSource:
                     )
                 outage.stalled = err.stalled
 
-    def _restored(self, outage: _Outage, index: int) -> None:
+    def _restored(self, outage: _Outage, index: int) -> float:
+        """Report the end of an outage; returns its length (s)."""
         gap_s = self._clock() - outage.since
         self._emit(
             "stream_restored",
@@ -463,6 +474,7 @@ class PyAVSource:
             index,
             {"gap_s": round(gap_s, 3), "attempts": outage.attempts},
         )
+        return gap_s
 
 
 class PacedSource:

@@ -35,8 +35,10 @@ def _check_shape(name: str, arr: NDArray[Any], shape: tuple[int | None, ...]) ->
 class FrameMeta:
     """Identity and timing of one decoded frame.
 
-    ``pts`` is in seconds (stream time base applied); ``decode_ts`` is ``time.perf_counter()``
-    when the frame left the decoder, the origin of ``end_to_end_ms``.
+    ``pts`` is in seconds (stream time base applied), increasing over a run: a looped file and a
+    reconnected stream continue after the last frame (``PyAVSource``) instead of starting again at
+    their own origin. ``decode_ts`` is ``time.perf_counter()`` when the frame left the decoder, the
+    origin of ``end_to_end_ms``.
     """
 
     stream_id: str

@@ -170,6 +170,7 @@ def test_outage_of_a_few_seconds_is_survived_with_the_defaults_and_recorded(clip
     events = Events()
     down_s = 2.5
     indices: list[int] = []
+    pts: list[float] = []
     outage: threading.Thread | None = None
 
     def go_down_and_back() -> None:
@@ -181,6 +182,7 @@ def test_outage_of_a_few_seconds_is_survived_with_the_defaults_and_recorded(clip
         with PyAVSource(server.uri, on_event=events, rand=lambda: 0.0) as src:  # the defaults: never give up
             for frame in src.frames():
                 indices.append(frame.meta.frame_index)
+                pts.append(frame.meta.pts)
                 if len(indices) == 20:
                     outage = threading.Thread(target=go_down_and_back)
                     outage.start()
@@ -191,6 +193,8 @@ def test_outage_of_a_few_seconds_is_survived_with_the_defaults_and_recorded(clip
             outage.join(10)
         server.stop()
     assert indices == list(range(len(indices)))  # no duplicate, no hole in the indices
+    # the server's stream starts again at its own origin; the run's pts go on (past the outage)
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
     assert events.kinds()[0] == "stream_lost"
     assert events.kinds()[-1] == "stream_restored"
     assert set(events.kinds()[1:-1]) == {"reconnect"}
