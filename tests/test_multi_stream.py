@@ -53,30 +53,17 @@ def runs_of(db: Path) -> list[tuple[int, str, str]]:
         return [(int(i), str(st), str(src)) for i, st, src in con.execute("SELECT id, status, source FROM runs ORDER BY id")]
 
 
-def test_two_streams_count_at_once_each_in_its_own_run(tmp_path: Path) -> None:
+def test_two_streams_count_at_once_each_in_its_own_run_and_export_apart(tmp_path: Path) -> None:
+    """The command line with vtest twice (camA, camB) and a missing third stream: the missing one is
+    reported (exit 3, no traceback) while the two others count, each in its own run, every row
+    under its stream id, and each exported to its own file."""
     cfg_path = two_stream_config(tmp_path, third=str(tmp_path / "missing.mp4"))
-
-    class Args:
-        config = str(cfg_path)
-
-    cfg = load_config_with_overrides(Args())  # type: ignore[arg-type]
-    out: list[str] = []
-
-    class Out:
-        def write(self, s: str) -> int:
-            out.append(s)
-            return len(s)
-
-        def flush(self) -> None:
-            pass
-
-    runs = run_streams(cfg, out=Out())  # type: ignore[arg-type]
-    by_id = {r.stream_id: r for r in runs}
-    assert by_id["camA"].code == 0 and by_id["camB"].code == 0
-    # the missing file: an error naming it, no run, the others unharmed
-    assert by_id["camC"].run_id is None and by_id["camC"].error is not None and "missing.mp4" in by_id["camC"].error
-    text = "".join(out)
-    assert "=== stream camA ===" in text and "=== stream camC ===" in text and "video not found" in text
+    target = tmp_path / "counts.csv"
+    proc = run_cli("headless", "--config", str(cfg_path), "--export", str(target), "--quiet", timeout=400)
+    assert proc.returncode == 3, proc.stderr[-3000:]  # SourceError: the missing stream
+    assert "Traceback" not in proc.stderr
+    assert "missing.mp4" in proc.stderr + proc.stdout and "video not found" in proc.stdout
+    assert "=== stream camA ===" in proc.stdout and "=== stream camC ===" in proc.stdout
 
     db = tmp_path / "people.db"
     stored = runs_of(db)
@@ -89,24 +76,49 @@ def test_two_streams_count_at_once_each_in_its_own_run(tmp_path: Path) -> None:
     assert sorted(per_stream) == ["camA", "camB"]
     for sid, frames in per_stream.items():
         assert [i for _, i, _ in frames] == [0, 1, 2, 3], sid
-        assert len({r for r, _, _ in frames}) == 1 and frames[0][0] == by_id[sid].run_id  # one run per stream
+        assert len({r for r, _, _ in frames}) == 1  # one run per stream
+    assert per_stream["camA"][0][0] != per_stream["camB"][0][0]
     # the same file through both streams: the same detections, frame for frame
     assert [n for _, _, n in per_stream["camA"]] == [n for _, _, n in per_stream["camB"]]
     assert all(n > 0 for _, _, n in per_stream["camA"])
-
-
-def test_the_command_exports_each_stream_and_exits_with_the_failing_streams_code(tmp_path: Path) -> None:
-    cfg_path = two_stream_config(tmp_path, third=str(tmp_path / "missing.mp4"))
-    target = tmp_path / "counts.csv"
-    proc = run_cli("headless", "--config", str(cfg_path), "--export", str(target), "--quiet", timeout=400)
-    assert proc.returncode == 3, proc.stderr[-3000:]  # SourceError: the missing stream
-    assert "Traceback" not in proc.stderr
-    assert "missing.mp4" in proc.stderr + proc.stdout
     for sid in ("camA", "camB"):
         with open(tmp_path / f"counts.{sid}.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == 4 and {r["stream_id"] for r in rows} == {sid}
+            exported = list(csv.DictReader(f))
+        assert len(exported) == 4 and {r["stream_id"] for r in exported} == {sid}
     assert not (tmp_path / "counts.camC.csv").exists()
+
+
+def test_run_streams_reports_each_stream(tmp_path: Path) -> None:
+    """``run_streams`` (what the command calls): one StreamRun per stream, the failing one with its
+    error and no run; exit_code picks the failing stream's code."""
+    from app.headless import exit_code
+
+    cfg_path = two_stream_config(tmp_path, third=str(tmp_path / "missing.mp4"))
+    data = yaml.safe_load(cfg_path.read_text())
+    data["streams"] = data["streams"][1:]  # camB and the missing camC: one run is enough here
+    data["max_frames"] = 2
+    cfg_path.write_text(yaml.safe_dump(data))
+
+    class Args:
+        config = str(cfg_path)
+
+    out: list[str] = []
+
+    class Out:
+        def write(self, s: str) -> int:
+            out.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    runs = run_streams(load_config_with_overrides(Args()), out=Out())  # type: ignore[arg-type]
+    by_id = {r.stream_id: r for r in runs}
+    assert by_id["camB"].code == 0 and by_id["camB"].run_id is not None and by_id["camB"].summary is not None
+    assert by_id["camB"].summary.frames == 2
+    assert by_id["camC"].run_id is None and by_id["camC"].error is not None and "missing.mp4" in by_id["camC"].error
+    assert exit_code(runs) == 3
+    assert "=== stream camC ===" in "".join(out)
 
 
 def test_a_signal_stops_every_stream(tmp_path: Path) -> None:
