@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import socket
 import threading
 import time
@@ -194,7 +195,7 @@ def test_outage_of_a_few_seconds_is_survived_with_the_defaults_and_recorded(clip
         server.stop()
     assert indices == list(range(len(indices)))  # no duplicate, no hole in the indices
     # the server's stream starts again at its own origin; the run's pts go on (past the outage)
-    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
+    assert all(b > a for a, b in itertools.pairwise(pts)), pts
     assert events.kinds()[0] == "stream_lost"
     assert events.kinds()[-1] == "stream_restored"
     assert set(events.kinds()[1:-1]) == {"reconnect"}
