@@ -76,12 +76,15 @@ def tracks_shot(app: QApplication, win: MainWindow, session: GuiSession) -> None
     wait(app, lambda: session.idle)
 
 
-def main(only: set[str] | None = None) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="pc-shots-"))
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
+def laptop_config(tmp: Path) -> dict:  # type: ignore[type-arg]
+    """config/laptop.yaml with its database in ``tmp``."""
     data = yaml.safe_load((ROOT / "config/laptop.yaml").read_text())
     data["storage"]["db_path"] = str(tmp / "shots.db")
-    cfg = tmp / "laptop.yaml"
+    return data  # type: ignore[no-any-return]
+
+
+def open_window(data: dict, cfg: Path) -> tuple[QApplication, GuiSession, MainWindow]:  # type: ignore[type-arg]
+    """Write config ``data`` to ``cfg`` and open the window on it, 1600 x 950, on this display."""
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     app = QApplication(sys.argv[:1])
     session = GuiSession()
@@ -91,6 +94,14 @@ def main(only: set[str] | None = None) -> int:
     win.resize(1600, 950)
     win.show()
     OUT.mkdir(parents=True, exist_ok=True)
+    return app, session, win
+
+
+def main(only: set[str] | None = None) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="pc-shots-"))
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
+    cfg = tmp / "laptop.yaml"
+    app, session, win = open_window(laptop_config(tmp), cfg)
 
     if only is None or "tracks" in only:
         tracks_shot(app, win, session)
