@@ -254,6 +254,8 @@ class OnnxRuntimeBackend:
         self._closed = False
         self.inputs = tuple(_tensor_info(a) for a in self._session.get_inputs())
         self.outputs = tuple(_tensor_info(a) for a in self._session.get_outputs())
+        # every input and output with a symbolic first dimension: a batch that can be split
+        self._splittable = all(t.shape and t.shape[0] is None for t in (*self.inputs, *self.outputs))
         self._gpu = None
         if device == "gpu":
             from models.ort_cuda import CudaBinding
@@ -280,7 +282,7 @@ class OnnxRuntimeBackend:
         feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         batch = min((len(v) for v in feeds.values() if v.ndim), default=0)
         step = self.cpu_batch
-        if step and batch > step and self._batch_dynamic():
+        if step and batch > step and self._splittable:
             parts = [
                 self._session.run(None, {k: v[s : s + step] for k, v in feeds.items()}, self._run_options)
                 for s in range(0, batch, step)
@@ -289,10 +291,6 @@ class OnnxRuntimeBackend:
         else:
             outs = self._session.run(None, feeds, self._run_options)
         return ReadyOutputs({o.name: arr for o, arr in zip(self.outputs, outs, strict=True)})
-
-    def _batch_dynamic(self) -> bool:
-        """Every input and output has a symbolic first dimension (a batch that can be split)."""
-        return all(t.shape and t.shape[0] is None for t in (*self.inputs, *self.outputs))
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return self.enqueue(inputs).wait()
