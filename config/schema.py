@@ -224,6 +224,12 @@ class DensityCalibrationConfig(_Strict):
     min_samples: int = Field(
         8, ge=1, description="Samples a fit needs; a region with fewer uses the global fit, and with fewer globally the prior."
     )
+    fit_range_factor: float = Field(
+        2.0, ge=1,
+        description="A region without a fit of its own takes the global fit only where its foreground density is at "
+        "most this many times the densest fitted sample's; a denser crowd (smaller people than where detection is "
+        "reliable) keeps prior_scale: a calibration is not extrapolated beyond what it saw.",
+    )
     prior_scale: float = Field(
         1.0, gt=0,
         description="People per unit of foreground density before any fit (the model as trained: CSRNet's weights are "

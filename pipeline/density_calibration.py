@@ -21,7 +21,9 @@ three steps, per cell of the map and per region of the hybrid's grid (``HybridCo
    K = scale x F + offset by least squares (offset <= 0: a positive offset would make people of
    nothing; else the ratio of sums, offset 0); the scale is clipped to ``scale_range``. A region
    with ``min_samples`` of its own gets its own fit (perspective: people are smaller far away and
-   CSRNet's overcount depends on their size), else the global fit, else ``prior_scale``.
+   CSRNet's overcount depends on their size), else the global fit where the region is within the
+   fit's range (foreground density at most ``fit_range_factor`` times the densest sample's: a
+   calibration is not extrapolated to crowds denser than it saw), else ``prior_scale``.
 
 The calibrated map is F times the region's factor, so it sums to the region counts
 ``max(scale * F + offset, 0)``. What was used is returned as ``pipeline.types.DensityCalibration``
@@ -184,7 +186,7 @@ class DensityCalibrator:
         if learn:
             self._add_samples(f_r, dets, frame_wh)
             self._frames += 1
-        scale, offset, source, region_scale, region_offset = self._fits()
+        scale, offset, source, region_scale, region_offset = self._fits(f_r)
         counts = np.maximum(region_scale * f_r + region_offset, 0.0)
         factor = np.divide(counts, f_r, out=np.zeros_like(counts), where=f_r > 0)
         xs = (np.arange(fg.shape[1]) + 0.5) * raw.stride
@@ -251,9 +253,15 @@ class DensityCalibrator:
             self._changed.add(int(idx))
             self._global_stale = True
 
-    def _fits(self) -> tuple[float, float, str, NDArray[np.float64], NDArray[np.float64]]:
+    def _fits(self, f_r: NDArray[np.float64]) -> tuple[float, float, str, NDArray[np.float64], NDArray[np.float64]]:
         """The global fit and each region's own (``min_samples`` of its own), refitted only where
-        the samples changed since the last call (a region's fit depends on its samples only)."""
+        the samples changed since the last call (a region's fit depends on its samples only).
+
+        A region without a fit of its own takes the global fit only within the fit's range: where
+        its foreground density ``f_r`` is at most ``fit_range_factor`` times the densest sample's.
+        A denser region holds people smaller and more crowded than anywhere detection was
+        reliable, where the model's error is another (CSRNet overcounts large people and is about
+        right on the dense crowds of small heads it was trained on): it keeps the prior."""
         cfg = self.cfg
         lo, hi = cfg.scale_range
         shape = (self.rows, self.cols)
@@ -269,6 +277,9 @@ class DensityCalibrator:
         self._changed.clear()
         region_scale = np.full(shape, scale)
         region_offset = np.full(shape, offset)
+        if fit is not None:
+            beyond = f_r > cfg.fit_range_factor * float(s[:, 1].max())
+            region_scale[beyond], region_offset[beyond] = cfg.prior_scale, 0.0
         for idx, own in self._region_fits.items():
             if own is not None:
                 region_scale.flat[idx] = np.clip(own[0], lo, hi)

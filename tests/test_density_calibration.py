@@ -120,6 +120,26 @@ def test_scale_is_fitted_per_region_where_detection_is_reliable() -> None:
     assert c.region_scale[0].tolist() == pytest.approx([2.0, 2.0], rel=1e-3)
 
 
+@pytest.mark.parametrize(("crowd", "factor", "scaled"), [(3.6, 2.0, True), (5.0, 2.0, False), (5.0, 3.0, True)])
+def test_the_global_fit_is_not_extrapolated_to_denser_crowds(crowd: float, factor: float, scaled: bool) -> None:
+    """Left region: tall, sparse people, 2 raw people of density per person (CSRNet overcounting
+    large people): the global fit says 0.5. Right region: nobody detected, ``crowd`` raw people
+    per left-region sample. Within ``fit_range_factor`` of the densest sample the right region
+    takes the global fit; beyond it, the prior (the model as trained: small, dense people)."""
+    cal = DensityCalibrator(hybrid(min_samples=4, min_box_height_px=100, static_frames=100, fit_range_factor=factor))
+    for t in range(5):
+        d = np.zeros(SHAPE, np.float32)
+        x = 100 + 20 * t
+        person_blob(d, x, 240, 2.0)  # one tall person (a 120 px box): F 2, K 1
+        person_blob(d, 450 + 10 * t, 100, crowd)  # the right region's crowd, undetected
+        out = cal(DensityMap(d, S), make_detections([(x - 25, 180.0, x + 25, 300.0)]), FRAME, learn=True)
+    c = out.calibration
+    assert c.source == "fit" and c.scale == pytest.approx(0.5, rel=1e-3)
+    assert c.region_scale[0, 1] == pytest.approx(0.5 if scaled else 1.0, rel=1e-3)
+    right = out.density.density[:, SHAPE[1] // 2 :].sum()
+    assert right == pytest.approx(crowd * (0.5 if scaled else 1.0), rel=1e-3)
+
+
 def test_frame_counter_counts_calibrated_density_and_learns_only_from_fresh_frames() -> None:
     counting = CountingConfig(hybrid=HybridConfig(calibration=DensityCalibrationConfig(static_frames=1)))
     counter = FrameCounter(counting, {"det": "global", "density": "density"})
