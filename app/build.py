@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -254,34 +255,30 @@ def make_counter(cfg: PipelineConfig, frame_rate: float | None = None) -> FrameC
     return FrameCounter.from_config(cfg, frame_rate)
 
 
-_GPU_KEPT: list[Any] = []
-"""GPU branches of finished runs, kept alive until the process ends (see :func:`close_branches`)."""
-
-
 def close_branches(branches: Sequence[Any]) -> None:
-    """Close a run's branches. Host branches are closed at once. GPU branches are not destroyed:
-    on the H200 (ONNX Runtime 1.31 CUDA, PyNvVideoCodec 2.2), destroying ORT CUDA sessions after a
-    run aborted the process in 1 to 3 of 10 runs (``cudaFreeHost``: CUDA error 800, ``GPU=-1``)
-    after everything had been stored; they are kept until the process ends, and
-    :func:`gpu_exit_needed` tells the command line to end the process without running the CUDA
-    libraries' teardown, once every file and the database are closed."""
-    keep = [b for b in branches if _on_gpu(b)]
+    """Close a run's branches, after its threads have stopped: the first step of the GPU
+    shutdown order. Each ONNX Runtime CUDA session is destroyed here, on this thread, once the
+    work on its stream has ended (:func:`models.ort_cuda.release_session` says why that order
+    matters: a session destroyed with a host function still queued on its stream aborted the
+    process in ``cudaFreeHost``, CUDA error 800). The rest of the order is
+    :func:`release_gpu`, once per process."""
     for b in branches:
-        if not _on_gpu(b):
-            b.close()
-    _GPU_KEPT.extend(keep)
+        b.close()
 
 
-def _on_gpu(branch: Any) -> bool:
-    from models.runner import backend_stream
+def release_gpu() -> None:
+    """The rest of the GPU shutdown order, once every run of the process has ended and its
+    branches are closed: CuPy's pooled pinned buffers, then the NVDEC decoders of closed sources
+    (:func:`gpu.nvdec_source.release_retired_decoders`); the CUDA primary context goes with the
+    process. Nothing is done in a process that never imported CuPy."""
+    if "cupy" not in sys.modules:
+        return
+    import cupy
 
-    runner = getattr(branch, "runner", None)
-    return runner is not None and backend_stream(runner.backend) is not None
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
+    from gpu.nvdec_source import release_retired_decoders
 
-
-def gpu_exit_needed() -> bool:
-    """Whether this process ran GPU sessions (so it must end without the CUDA teardown)."""
-    return bool(_GPU_KEPT)
+    release_retired_decoders()
 
 
 def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:

@@ -118,16 +118,9 @@ def has_display() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv)
-    from app.build import gpu_exit_needed
+    from app.build import release_gpu
 
-    if gpu_exit_needed():
-        # Everything is stored and closed; the CUDA libraries' own teardown (ONNX Runtime's CUDA
-        # sessions, PyNvVideoCodec) can abort the process here (see app.build.close_branches):
-        # end it now with the command's exit code.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    release_gpu()  # the end of the GPU shutdown order (app.build.close_branches, release_gpu)
     return code
 
 

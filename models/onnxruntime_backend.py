@@ -128,6 +128,34 @@ def strict_device(providers: list[str]) -> bool:
     return bool(providers) and "CPUExecutionProvider" not in providers
 
 
+_PINNED_SHARED: set[int] = set()
+"""CUDA devices whose pinned-memory arena is registered with ONNX Runtime's environment."""
+
+
+def _share_pinned_allocator(ort: Any, device_id: int) -> None:
+    """Register one CUDA pinned-memory arena per device with ORT's environment, which every CUDA
+    session of the process then uses (``session.use_env_allocators``) and which lives as long as
+    the process.
+
+    Why: the CUDA EP frees a run's pinned buffers in a host function it queues on the session's
+    stream (``cudaLaunchHostFunc``; ``ReleaseCpuBufferCallback`` in ORT's
+    ``cuda_stream_handle.cc``), and that function holds a reference to the pinned arena. With
+    the arena owned by the session, a function still queued, or queued while the session is being
+    destroyed, can drop the last reference: the arena's destructor then calls ``cudaFreeHost``
+    inside a CUDA callback, where CUDA calls are refused (error 800, ``GPU=-1``), and the
+    process ends in ``std::terminate`` (1-3 of 10 GPU processes on an H200 at the end of a run).
+    An arena the environment owns is never destroyed by a session or a callback."""
+    if device_id in _PINNED_SHARED:
+        return
+    info = ort.OrtMemoryInfo("CudaPinned", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, device_id, ort.OrtMemType.CPU)
+    try:
+        ort.create_and_register_allocator_v2("CUDAExecutionProvider", info, {"device_id": str(device_id)}, ort.OrtArenaCfg(0, -1, -1, -1))
+    except Exception as exc:  # onnxruntime raises its own Fail class
+        raise ModelLoadError(f"cannot register ONNX Runtime's CUDA pinned-memory arena for device {device_id}: {exc}") from None
+    _PINNED_SHARED.add(device_id)
+    log.info("CUDA pinned-memory arena of device %d shared by the process's ONNX Runtime sessions", device_id)
+
+
 def load_session(
     path: str | Path,
     providers: list[str],
@@ -166,6 +194,10 @@ def load_session(
             )
         opts = make_session_options(ort, providers, intra_op_threads, cpu_fallback_off=cpu_fallback_off)
         listed = [(p, dict((provider_options or {}).get(p, {}))) for p in providers]
+        if "CUDAExecutionProvider" in providers:
+            device_id = int(dict((provider_options or {}).get("CUDAExecutionProvider", {})).get("device_id", 0))
+            _share_pinned_allocator(ort, device_id)
+            opts.add_session_config_entry("session.use_env_allocators", "1")
     strict = RTX_EP_NAME not in providers and (strict_device(providers) if cpu_fallback_off is None else cpu_fallback_off)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=listed or None)
@@ -313,8 +345,14 @@ class OnnxRuntimeBackend:
         """Release the session. A call still running on another thread keeps its own reference;
         later calls raise ``StageError`` instead of failing on a released session."""
         self._closed = True
-        self._gpu = None
-        self._session = None
+        gpu, self._gpu = self._gpu, None
+        if gpu is not None:
+            # the binding holds the session too; it synchronises the stream, then destroys it
+            # (models.ort_cuda.release_session: the shutdown order)
+            self._session = None
+            gpu.release()
+        else:
+            self._session = None
 
     def __enter__(self) -> OnnxRuntimeBackend:
         return self

@@ -86,6 +86,29 @@ def _create_priority_stream(flags: int, priority: str) -> int | None:
     return int(stream)
 
 
+def release_session(session: Any, stream: Any, device_id: int = 0) -> None:
+    """Destroy an ORT CUDA session now, on this thread, after the work on its stream has ended:
+    the first step of the shutdown order (then CuPy's pinned pool and the NVDEC decoders,
+    ``app.build.release_gpu``).
+
+    The CUDA EP frees each run's pinned host buffers in a host function queued on the session's
+    stream (``cudaLaunchHostFunc``, ``ReleaseCpuBufferCallback`` in ORT's
+    ``cuda_stream_handle.cc``), which holds a reference to the pinned-memory arena. That arena is
+    the process's, registered with ORT's environment
+    (``models.onnxruntime_backend._share_pinned_allocator``), so that no callback ever destroys it
+    (``cudaFreeHost`` refused inside a callback: CUDA error 800, the teardown abort). Synchronising
+    the stream first means no host function of this session is still queued when it goes.
+
+    The caller drops its own references first (IOBinding objects hold the session too)."""
+    import gc
+
+    cupy = require("cupy", "ONNX Runtime on the GPU", "install cupy-cuda13x or set backend.device: cpu", what="CuPy")
+    with cupy.cuda.Device(device_id):
+        stream.synchronize()
+        del session
+        gc.collect()
+
+
 class CudaBinding:
     """Run an ORT session on CUDA with CuPy inputs and outputs (see the module docstring)."""
 
@@ -179,6 +202,15 @@ class CudaBinding:
             self._session.run_with_iobinding(self._io, self._run_options)
             event = None if self._synchronize else self.stream.record()
             return EventPending(outs, event, inputs)
+
+    def release(self) -> None:
+        """Let the session go, safely (the shutdown order's first step; see :func:`release_session`).
+
+        Call it after the last run has returned (every branch thread stopped)."""
+        session, self._session = self._session, None
+        self._io = None
+        if session is not None:
+            release_session(session, self.stream, self.device_id)
 
     def cancel(self) -> None:
         """Make the current and later runs end at once (a stop)."""

@@ -180,6 +180,10 @@ class TensorRTBackend:
         return self.enqueue(inputs).wait()
 
     def close(self) -> None:
+        """The shutdown order's first step, as for ONNX Runtime: the work on the stream ends
+        before the graphs and the execution context are destroyed."""
+        if self.context is not None:
+            self.stream.synchronize()
         self._graphs.clear()
         self.context = None
 

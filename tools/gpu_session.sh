@@ -3,7 +3,7 @@
 #
 # Assets travel in carried folders .devcarry/g0, g1, ... (models, clips: .cache is not part of
 # the working tree); `tools/gpu_session.sh stash` copies the carried ones into /tmp/assets, and
-# `tools/gpu_session.sh tests|bench|loop|parity|streams|soak|cputests|slicer` runs one group of measurements with
+# `tools/gpu_session.sh tests|teardown|bench|loop|parity|streams|soak|cputests|slicer` runs one group of measurements with
 # .cache/assets pointing there, writing logs under $OUT. The staged wheels (onnxruntime-gpu,
 # PyNvVideoCodec, the project's pure dependencies: ../shared/device/stage-wheels.sh) must be in
 # /tmp/site. Each group stays under the device tool's 10-minute command limit.
@@ -54,7 +54,7 @@ tests)
   link_assets
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/card.txt" 2>&1
   python3 -c "import onnxruntime as o, cupy; print('onnxruntime', o.__version__, o.get_available_providers()); print('cupy', cupy.__version__)" >> "$OUT/card.txt" 2>&1
-  timeout 420 python3 -m pytest -q -m gpu -rs tests/gpu > "$OUT/gpu_tests.txt" 2>&1
+  timeout 420 python3 -m pytest -q -m gpu -rs tests/gpu --ignore=tests/gpu/test_teardown.py > "$OUT/gpu_tests.txt" 2>&1
   echo "gpu tests rc=$?" >> "$OUT/gpu_tests.txt"
   timeout 120 python3 -m pytest -q tests/test_colour.py > "$OUT/colour_tests.txt" 2>&1
   echo "colour tests rc=$?" >> "$OUT/colour_tests.txt"
@@ -70,6 +70,13 @@ bench)
     --fusion STRICT_SYNC ASYNC_OVERLAY RAW_STREAM_WITH_METADATA --scenario e2e --out "$OUT/bench_rt" > "$OUT/bench_rt.txt" 2>&1
   echo "bench realtime rc=$?" >> "$OUT/bench_rt.txt"
   tail -25 "$OUT/bench_fast.txt" "$OUT/bench_rt.txt"
+  ;;
+teardown)
+  link_assets
+  # the GPU demo in ten processes in a row (tests/gpu/test_teardown.py): each exits 0, runs closed
+  TEARDOWN_LOGS="$OUT/teardown_logs" timeout 560 python3 -m pytest -q -rs -p no:cacheprovider tests/gpu/test_teardown.py > "$OUT/teardown.txt" 2>&1
+  echo "teardown rc=$?" >> "$OUT/teardown.txt"
+  tail -8 "$OUT/teardown.txt"
   ;;
 loop)
   link_assets
