@@ -273,12 +273,9 @@ def release_gpu() -> None:
     process. Nothing is done in a process that never imported CuPy."""
     if "cupy" not in sys.modules:
         return
-    import cupy
+    from gpu.nvdec_source import release_after_sessions
 
-    cupy.get_default_pinned_memory_pool().free_all_blocks()
-    from gpu.nvdec_source import release_retired_decoders
-
-    release_retired_decoders()
+    release_after_sessions()
 
 
 def warm_up_branches(cfg: PipelineConfig, branches: Sequence[Any], runs: int) -> float:

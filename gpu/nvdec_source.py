@@ -87,6 +87,16 @@ _RETIRED: list[Any] = []
 """Decoders of closed sources, kept alive until :func:`release_retired_decoders`."""
 
 
+def release_after_sessions() -> int:
+    """The shutdown order after every ONNX Runtime / TensorRT session of the process is closed:
+    CuPy's pooled pinned buffers, then the decoders of closed sources
+    (:func:`release_retired_decoders`). Returns how many decoders were released."""
+    import cupy
+
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
+    return release_retired_decoders()
+
+
 def release_retired_decoders() -> int:
     """Destroy the decoders of closed sources; call it after every ONNX Runtime / TensorRT session
     of the process is closed (the shutdown order: sessions and bindings, pinned buffers, decoders,
