@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.build import release_gpu
 
     release_gpu()  # the end of the GPU shutdown order (app.build.close_branches, release_gpu)
+    if code in (130, 143):
+        # Stopped by a signal, everything flushed: a repeat (a double Ctrl-C) must not kill the
+        # process now. Python's finalisation puts a handler it installed back to the default
+        # (death by SIGINT, exit -2) but leaves an ignored signal ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return code
 
 

@@ -194,7 +194,8 @@ class _StopSignals:
 
     The first signal decides the run's end status (``interrupted`` / ``terminated``) and exit code
     (130 / 143); later ones are logged and ignored, so a double Ctrl-C still ends cleanly with
-    everything flushed. Installed only in the main thread (Python's rule); restored on exit.
+    everything flushed. Installed only in the main thread (Python's rule); restored on exit unless a
+    signal came (then repeats stay ignored until the process ends).
     """
 
     def __init__(self) -> None:
@@ -209,6 +210,12 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.received is not None:
+            # stopping on a signal: the process is on its way out (report, export, the GPU
+            # teardown still to come). A repeat (a double Ctrl-C lands here 50 ms later on a fast
+            # stop) must keep being ignored, not meet the default handler and kill the process
+            # with -2 after everything was flushed.
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
