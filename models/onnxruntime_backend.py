@@ -345,14 +345,11 @@ class OnnxRuntimeBackend:
         """Release the session. A call still running on another thread keeps its own reference;
         later calls raise ``StageError`` instead of failing on a released session."""
         self._closed = True
-        gpu, self._gpu = self._gpu, None
+        gpu, self._gpu, self._session = self._gpu, None, None
         if gpu is not None:
             # the binding holds the session too; it synchronises the stream, then destroys it
             # (models.ort_cuda.release_session: the shutdown order)
-            self._session = None
             gpu.release()
-        else:
-            self._session = None
 
     def __enter__(self) -> OnnxRuntimeBackend:
         return self
