@@ -4,9 +4,10 @@
     .venv/bin/python tools/compare_supervision.py [--svenv /tmp/svenv] [--repeat 2]
 
 Ours: the detector branch of config/bench_cpu_detector_4k.yaml (letterbox + 32 tiles of 640 px,
-overlap 0.2, one ONNX Runtime call of batch 33 on the batch-dynamic detector, YOLO decode) plus the
+overlap 0.2, ONNX Runtime calls of ``cpu_batch`` images on the config's detector: the int8 copy as
+shipped, the float32 one with ``models.person.path`` set to it; YOLO decode) plus the
 global/tile merge (IoS), timed per frame with ``branch.run(frame)``. Theirs: tools/sv_slicer_bench.py
-in the side venv (one call per slice on the same weights, NMS merge), with the same ORT thread
+in the side venv (one call per slice on the float32 weights as shipped, NMS merge), with the same ORT thread
 count. Frame 0 of the 4K demo clip for both. Prints both and the ratio.
 """
 
@@ -30,6 +31,8 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "config/bench_cpu_detector_4k.yaml"))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--sv-batch-size", type=int, nargs="+", default=[1])
+    ap.add_argument("--sv-model", help="supervision's model at batch 1 (default: the detector as shipped, float32, "
+                    "static batch 1); above batch 1 the batch-dynamic float32 copy")
     a = ap.parse_args()
 
     import numpy as np
@@ -59,13 +62,16 @@ def main() -> int:
     print(json.dumps({"tool": "people-counter", "threads": threads, "seconds": ours, "detections": len(merged),
                       "timings_ms": {k: round(v, 1) for k, v in res.timings.items()}}), flush=True)
 
-    model = str(ROOT / cfg.models["person"].path).replace(".dyn.onnx", ".onnx")
+    from app.assets import demo_asset_paths
+
+    assets = demo_asset_paths(ROOT / ".cache" / "assets")
+    model = a.sv_model or str(assets.detector_onnx)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "frame.npy"
         np.save(npy, frame.image)
         for bs in a.sv_batch_size:
-            m = model if bs == 1 else str(ROOT / cfg.models["person"].path)
+            m = model if bs == 1 else str(assets.detector_dyn_onnx)
             cmd = [f"{a.svenv}/bin/python", str(ROOT / "tools/sv_slicer_bench.py"), "--frame", str(npy), "--model", m,
                    "--threads", str(threads), "--repeat", str(a.repeat), "--batch-size", str(bs)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
