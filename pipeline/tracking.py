@@ -221,7 +221,8 @@ class _TrackState:
     class_id: int
     score: float
     hits: int = 0
-    trail: deque[tuple[float, float]] = field(default_factory=deque)
+    trail: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 2), np.float32))  # (L, 2) ring of centres
+    trail_n: int = 0  # centres written to the ring so far (the newest at (trail_n - 1) % L)
     motion: deque[tuple[float, float, float]] = field(default_factory=deque)  # (pts, cx, cy) over static_after_s
     static_origin_pts: float = 0.0  # start of its motion history (inherited from a static track it replaces)
     sides: dict[str, int] = field(default_factory=dict)  # line name -> -1 | +1
@@ -327,7 +328,7 @@ class PeopleTracker:
         tracks = tuple(
             Track(
                 id=s.id,
-                xyxy=s.xyxy.copy(),
+                xyxy=s.xyxy,  # replaced, never written in place, on each match: the snapshot can share it
                 class_id=s.class_id,
                 score=s.score,
                 age_frames=meta.frame_index - s.first_index + 1,
@@ -337,7 +338,7 @@ class PeopleTracker:
                 static=bool(st),
                 allowed=bool(al),
                 counted=bool(c),
-                trail=np.array(s.trail, np.float32).reshape(-1, 2),
+                trail=_trail(s),
                 dwell_s={z: s.last_pts - entered for z, (entered, _) in s.zones_in.items()},
             )
             for s, st, al, c in zip(confirmed, static, allowed, counted, strict=True)
@@ -382,23 +383,31 @@ class PeopleTracker:
 
     def _record_matches(self, dets: Detections, ids: NDArray[np.int64], meta: FrameMeta) -> None:
         trail_len = self._cfg.trail_length
-        for k in np.flatnonzero(ids >= 0):
+        matched = np.flatnonzero(ids >= 0)
+        # one array op per frame, not per track: each track's box is its own row of a fresh array
+        # (never written in place afterwards) and its centre a pair of Python floats
+        boxes = dets.xyxy[matched].astype(np.float32, copy=True)
+        centres = ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()
+        class_ids, scores = dets.class_id[matched].tolist(), dets.score[matched].tolist()
+        for j, k in enumerate(matched.tolist()):
             tid = int(ids[k])
-            box = dets.xyxy[k].astype(np.float32, copy=True)
+            box = boxes[j]
             s = self._tracks.get(tid)
             if s is None:
                 s = _TrackState(
                     id=tid, first_index=meta.frame_index, first_pts=meta.pts, last_index=meta.frame_index,
-                    last_pts=meta.pts, xyxy=box, class_id=int(dets.class_id[k]), score=float(dets.score[k]),
-                    trail=deque(maxlen=trail_len), static_origin_pts=meta.pts,
+                    last_pts=meta.pts, xyxy=box, class_id=int(class_ids[j]), score=float(scores[j]),
+                    trail=np.zeros((trail_len, 2), np.float32), static_origin_pts=meta.pts,
                 )
                 self._inherit_static(s)
                 self._tracks[tid] = s
             s.hits += 1
             s.last_index, s.last_pts = meta.frame_index, meta.pts
-            s.xyxy, s.class_id, s.score = box, int(dets.class_id[k]), float(dets.score[k])
-            cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
-            s.trail.append((cx, cy))
+            s.xyxy, s.class_id, s.score = box, int(class_ids[j]), float(scores[j])
+            cx, cy = centres[j]
+            if trail_len:
+                s.trail[s.trail_n % trail_len] = (cx, cy)
+                s.trail_n += 1
             s.motion.append((meta.pts, cx, cy))
             while s.motion and s.motion[0][0] < meta.pts - self._cfg.static_after_s - 1.5 / self._frame_rate:
                 s.motion.popleft()
@@ -525,6 +534,15 @@ def _iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
     inter = iw * ih
     union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _trail(s: _TrackState) -> NDArray[np.float32]:
+    """(K, 2) float32 copy of the track's last K <= ``trail_length`` centres, oldest first."""
+    size = len(s.trail)
+    if s.trail_n <= size:
+        return s.trail[: s.trail_n].copy()
+    head = s.trail_n % size
+    return np.concatenate((s.trail[head:], s.trail[:head]))
 
 
 def _zone_exit(zone: str, s: _TrackState, entered: float, last: float, frame_index: int) -> ZoneExit:
