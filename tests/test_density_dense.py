@@ -18,7 +18,7 @@ tell the scale. The density input upscaled 2x (``preprocess.density.upscale: 2``
 scene (490.9 for 500), so its hybrid is closer than detection alone and than the shipped raw
 density. On the 1/2 scene it overcounts 5x: its cells then show vtest at its own size, whose
 textured ground CSRNet reads as people (~20 a frame, docs/MODELS.md "Density"), and one fresh
-frame has no learnt background floor; that case stays a strict xfail.
+frame has no learnt background floor (not rerun in the tests: ``UPSCALED_SCENES``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ SCENES = {"half": (0.5, (4, 5)), "quarter": (0.25, (8, 10))}
 FRAME_WH = (1920, 1152)
 UPSCALE = 2.0
 """The density input's upscale of the small-people configuration (``preprocess.density.upscale``)."""
+UPSCALED_SCENES = ("quarter",)
+"""Scenes run again with the upscaled density input. The half scene is not (3.5 min of CI for a
+known failure: at upscale 2 its cells show vtest at its own size, whose textured ground CSRNet reads
+as people, 661.0 for 127 in the table above; measured 2026-12-01)."""
 
 
 def dense_config(upscale: float = 1.0) -> PipelineConfig:
@@ -106,6 +110,8 @@ def counted_up(
     try:
         out = {}
         for name, (img, truth) in scenes.items():
+            if name not in UPSCALED_SCENES:
+                continue
             res = {**results[name], "density": density.run(Frame(_meta(img), img))}
             out[name] = (truth, FrameCounter.from_config(cfg)(res, _meta(img))[2])
         return out
@@ -128,21 +134,7 @@ def test_hybrid_is_closer_than_detection_alone(counted: dict[str, tuple[int, Cou
     assert c.calibration.source == "prior" and c.calibration.flat == pytest.approx(0.0, abs=1.0)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "half",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="at upscale 2 the half scene's cells are vtest at its own size, whose textured ground CSRNet "
-                "reads as people (661 for 127), and a single fresh frame has no learnt floor to remove it; "
-                "at upscale 1 CSRNet undercounts (76.6): no one upscale serves both people sizes",
-            ),
-        ),
-        "quarter",
-    ],
-)
+@pytest.mark.parametrize("name", UPSCALED_SCENES)
 def test_hybrid_is_closer_than_raw_density(
     counted: dict[str, tuple[int, CountResult]],
     counted_up: dict[str, tuple[int, CountResult]],
