@@ -122,6 +122,28 @@ for i in sorted(set(g) | set(c)):
     print(f"frame {i}: gpu {a} cpu {b} rel {rel}")
 EOF
   cat "$OUT/parity.txt"
+  # as shipped: gpu.yaml's detector (fp16) against pipeline.yaml's (the int8 copy), same 5 frames
+  python3 - <<'EOF'
+import yaml
+for src, dst, db in (("config/gpu.yaml", "/tmp/ps_gpu.yaml", "/tmp/ps_gpu.db"), ("config/pipeline.yaml", "/tmp/ps_cpu.yaml", "/tmp/ps_cpu.db")):
+    d = yaml.safe_load(open(src))
+    d["storage"]["db_path"] = db; d["max_frames"] = 5; d["fusion"]["strategy"] = "STRICT_SYNC"
+    d.setdefault("tracking", {})["enabled"] = False; d["branches"]["density"]["enabled"] = False
+    d["streams"][0]["uri"] = ".cache/assets/video/demo_4k_hevc.mp4"
+    yaml.safe_dump(d, open(dst, "w"))
+EOF
+  timeout 200 python3 main.py headless --config /tmp/ps_gpu.yaml --quiet > "$OUT/parity_shipped_gpu.txt" 2>&1
+  timeout 300 python3 main.py headless --config /tmp/ps_cpu.yaml --quiet > "$OUT/parity_shipped_cpu.txt" 2>&1
+  python3 - > "$OUT/parity_shipped.txt" 2>&1 <<'EOF'
+import sqlite3
+q = "SELECT frame_index, detection_count FROM frames ORDER BY frame_index"
+g = dict(sqlite3.connect("/tmp/ps_gpu.db").execute(q).fetchall())
+c = dict(sqlite3.connect("/tmp/ps_cpu.db").execute(q).fetchall())
+for i in sorted(set(g) | set(c)):
+    a, b = g.get(i), c.get(i)
+    print(f"frame {i}: gpu fp16 {a} cpu int8 {b} rel {None if not a or not b else abs(a - b) / b}")
+EOF
+  cat "$OUT/parity_shipped.txt"
   ;;
 streams)
   link_assets
@@ -153,7 +175,8 @@ slicer)
   link_assets
   # The CPU comparison with supervision's InferenceSlicer on 2 pinned cores of this quiet host (the
   # 2-core acceptance without the shared dev machine's noise): 2 ORT threads on both sides.
-  mkdir -p /tmp/svenv/bin && ln -sf "$(command -v python3)" /tmp/svenv/bin/python
+  # supervision comes with the staged wheels; a symlinked python3 misses the system numpy, a wrapper does not
+  mkdir -p /tmp/svenv/bin && printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/svenv/bin/python && chmod +x /tmp/svenv/bin/python
   python3 - <<'EOF'
 import yaml
 d = yaml.safe_load(open("config/bench_cpu_detector_4k.yaml"))
@@ -164,7 +187,11 @@ EOF
   timeout 500 taskset -c 0,1 python3 tools/compare_supervision.py --config /tmp/slicer.yaml --repeat 3 --sv-batch-size 1 32 \
     > "$OUT/slicer.txt" 2>&1
   echo "slicer rc=$?" >> "$OUT/slicer.txt"
-  tail -8 "$OUT/slicer.txt"
+  # the same int8 file on both sides: what the pipeline adds or saves beyond the model's precision
+  timeout 300 taskset -c 0,1 python3 tools/compare_supervision.py --config /tmp/slicer.yaml --repeat 3 --sv-batch-size 1 \
+    --sv-model .cache/assets/models/person_yolov8s.dyn.int8.onnx > "$OUT/slicer_int8.txt" 2>&1
+  echo "slicer int8 rc=$?" >> "$OUT/slicer_int8.txt"
+  tail -8 "$OUT/slicer.txt" "$OUT/slicer_int8.txt"
   ;;
 *)
   echo "usage: $0 stash|tests|bench|loop|parity|streams|soak|cputests|slicer"; exit 2 ;;
