@@ -36,6 +36,18 @@ yaml.safe_dump(d, open(out, "w"))
 EOF
 }
 
+compare_counts() {  # $1: GPU run's database, $2: CPU run's; prints each frame's detection counts
+  python3 - "$1" "$2" <<'EOF'
+import sqlite3, sys
+q = "SELECT frame_index, detection_count FROM frames ORDER BY frame_index"
+g, c = (dict(sqlite3.connect(db).execute(q).fetchall()) for db in sys.argv[1:3])
+for i in sorted(set(g) | set(c)):
+    a, b = g.get(i), c.get(i)
+    rel = None if not a or not b else abs(a - b) / b
+    print(f"frame {i}: gpu {a} cpu {b} rel {rel}")
+EOF
+}
+
 case "$cmd" in
 stash)
   for g in .devcarry/g*; do
@@ -111,16 +123,7 @@ d["storage"]["db_path"] = "/tmp/par_cpu.db"
 yaml.safe_dump(d, open("/tmp/par_cpu.yaml", "w"))
 EOF
   timeout 300 python3 main.py headless --config /tmp/par_cpu.yaml --quiet > "$OUT/parity_cpu.txt" 2>&1
-  python3 - > "$OUT/parity.txt" 2>&1 <<'EOF'
-import sqlite3
-q = "SELECT frame_index, detection_count FROM frames ORDER BY frame_index"
-g = dict(sqlite3.connect("/tmp/par_gpu.db").execute(q).fetchall())
-c = dict(sqlite3.connect("/tmp/par_cpu.db").execute(q).fetchall())
-for i in sorted(set(g) | set(c)):
-    a, b = g.get(i), c.get(i)
-    rel = None if not a or not b else abs(a - b) / b
-    print(f"frame {i}: gpu {a} cpu {b} rel {rel}")
-EOF
+  compare_counts /tmp/par_gpu.db /tmp/par_cpu.db > "$OUT/parity.txt" 2>&1
   cat "$OUT/parity.txt"
   # as shipped: gpu.yaml's detector (fp16) against pipeline.yaml's (the int8 copy), same 5 frames
   python3 - <<'EOF'
@@ -134,15 +137,7 @@ for src, dst, db in (("config/gpu.yaml", "/tmp/ps_gpu.yaml", "/tmp/ps_gpu.db"), 
 EOF
   timeout 200 python3 main.py headless --config /tmp/ps_gpu.yaml --quiet > "$OUT/parity_shipped_gpu.txt" 2>&1
   timeout 300 python3 main.py headless --config /tmp/ps_cpu.yaml --quiet > "$OUT/parity_shipped_cpu.txt" 2>&1
-  python3 - > "$OUT/parity_shipped.txt" 2>&1 <<'EOF'
-import sqlite3
-q = "SELECT frame_index, detection_count FROM frames ORDER BY frame_index"
-g = dict(sqlite3.connect("/tmp/ps_gpu.db").execute(q).fetchall())
-c = dict(sqlite3.connect("/tmp/ps_cpu.db").execute(q).fetchall())
-for i in sorted(set(g) | set(c)):
-    a, b = g.get(i), c.get(i)
-    print(f"frame {i}: gpu fp16 {a} cpu int8 {b} rel {None if not a or not b else abs(a - b) / b}")
-EOF
+  compare_counts /tmp/ps_gpu.db /tmp/ps_cpu.db > "$OUT/parity_shipped.txt" 2>&1  # gpu: fp16, cpu: int8
   cat "$OUT/parity_shipped.txt"
   ;;
 streams)
@@ -194,5 +189,5 @@ EOF
   tail -8 "$OUT/slicer.txt" "$OUT/slicer_int8.txt"
   ;;
 *)
-  echo "usage: $0 stash|tests|bench|loop|parity|streams|soak|cputests|slicer"; exit 2 ;;
+  echo "usage: $0 stash|tests|teardown|bench|loop|parity|streams|soak|cputests|slicer"; exit 2 ;;
 esac
