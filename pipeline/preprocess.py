@@ -304,8 +304,6 @@ def preprocess_numpy(
         # frame pixel of tensor pixel u is u - pad + origin
         fx = [(int(plan.origins[i][0]) + xa - px, int(plan.origins[i][0]) + xb - px) for i, (xa, xb, _, _) in enumerate(rects)]
         fy = [(int(plan.origins[i][1]) + ya - py, int(plan.origins[i][1]) + yb - py) for i, (_, _, ya, yb) in enumerate(rects)]
-        x_lo, x_hi = min(a for a, _ in fx), max(b for _, b in fx)
-        y_lo, y_hi = min(a for a, _ in fy), max(b for _, b in fy)
         if src.dtype == np.uint8 and _is_identity(spec):
             # v / 255 in float32 is the LUT's value bit for bit ((v / 255 - 0) * 1); one divide per
             # crop straight into the tensor is 2x faster than gathering the LUT over the union
@@ -314,13 +312,16 @@ def preprocess_numpy(
                 if xb > xa and yb > ya:
                     (fxa, fxb), (fya, fyb) = fx[i], fy[i]
                     np.divide(src[fya:fyb, fxa:fxb].transpose(2, 0, 1), np.float32(255.0), out=tensor[i, :, ya:yb, xa:xb], dtype=np.float32)
-        elif x_hi > x_lo and y_hi > y_lo:
+        else:
             # the union of the crops normalised once
-            norm = _normalise_chw(src[y_lo:y_hi, x_lo:x_hi], spec, lut)
-            for i, (xa, xb, ya, yb) in enumerate(rects):
-                if xb > xa and yb > ya:
-                    (fxa, fxb), (fya, fyb) = fx[i], fy[i]
-                    tensor[i, :, ya:yb, xa:xb] = norm[:, fya - y_lo : fyb - y_lo, fxa - x_lo : fxb - x_lo]
+            x_lo, x_hi = min(a for a, _ in fx), max(b for _, b in fx)
+            y_lo, y_hi = min(a for a, _ in fy), max(b for _, b in fy)
+            if x_hi > x_lo and y_hi > y_lo:
+                norm = _normalise_chw(src[y_lo:y_hi, x_lo:x_hi], spec, lut)
+                for i, (xa, xb, ya, yb) in enumerate(rects):
+                    if xb > xa and yb > ya:
+                        (fxa, fxb), (fya, fyb) = fx[i], fy[i]
+                        tensor[i, :, ya:yb, xa:xb] = norm[:, fya - y_lo : fyb - y_lo, fxa - x_lo : fxb - x_lo]
     else:
         for i, (xa, xb, ya, yb) in enumerate(rects):
             if xb > xa and yb > ya:
