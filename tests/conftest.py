@@ -1,7 +1,9 @@
-"""Suite-wide settings: Qt offscreen, and no test may leave a thread running."""
+"""Suite-wide settings: Qt offscreen, no test may leave a thread running, and a hung test ends the
+run with every thread's stack instead of running into CI's time limit."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 from collections.abc import Iterator
@@ -11,6 +13,29 @@ import pytest
 from tests.conftest_threads import leaked_threads
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
+
+HANG_S = float(os.environ.get("PEOPLE_COUNTER_TEST_HANG_S", "480"))
+"""Seconds one test (setup, call and teardown) may take before the run is ended with a stack dump
+of every thread. Beyond pytest-timeout's 300 s (pyproject.toml), which fails a slow test and goes
+on but needs the main thread to run Python: a test blocked in C code (a deadlock between the GIL
+and a native lock) is only seen by faulthandler's own watchdog thread."""
+
+_stderr_fd: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _stderr_fd
+    _stderr_fd = os.dup(2)  # the terminal's stderr, before a test's output is captured
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if HANG_S > 0 and _stderr_fd is not None:
+        faulthandler.dump_traceback_later(HANG_S, exit=True, file=_stderr_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)
