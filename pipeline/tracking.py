@@ -64,6 +64,7 @@ import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import numpy as np
@@ -437,15 +438,33 @@ class PeopleTracker:
             del self._static_memory[tid]
 
     def _is_static(self, s: _TrackState, now: float) -> bool:
+        """Whether the centre stayed within ``static_max_motion`` x the box diagonal on each axis
+        over the last ``static_after_s``. Per confirmed track and frame, so without an array made
+        of the whole history: ``motion`` is in time order, the points of the window are its end,
+        and a walker is told apart by the window's first and last points alone (their distance on
+        an axis is at most the window's extent, float subtraction being monotonic)."""
         window = self._cfg.static_after_s
-        if now - s.static_origin_pts < window or not s.motion:
+        motion = s.motion
+        if now - s.static_origin_pts < window or not motion:
             return False
-        recent = np.array([(x, y) for t, x, y in s.motion if t >= now - window - 0.5 / self._frame_rate], np.float64)
-        if len(recent) < 2:
+        since = now - window - 0.5 / self._frame_rate
+        first = 0
+        for t, _, _ in motion:  # before the window: the frame or two kept beyond it
+            if t >= since:
+                break
+            first += 1
+        if len(motion) - first < 2:
             return False
-        extent = recent.max(axis=0) - recent.min(axis=0)
-        diag = float(np.hypot(s.xyxy[2] - s.xyxy[0], s.xyxy[3] - s.xyxy[1]))
-        return bool(np.all(extent <= self._cfg.static_max_motion * diag))
+        limit = self._cfg.static_max_motion * float(np.hypot(s.xyxy[2] - s.xyxy[0], s.xyxy[3] - s.xyxy[1]))
+        _, x0, y0 = motion[first]
+        _, x1, y1 = motion[-1]
+        if abs(x1 - x0) > limit or abs(y1 - y0) > limit:
+            return False
+        xs = [m[1] for m in islice(motion, first, None)]
+        if max(xs) - min(xs) > limit:
+            return False
+        ys = [m[2] for m in islice(motion, first, None)]
+        return max(ys) - min(ys) <= limit
 
     def _cross_lines(self, lines: Sequence[_Line], meta: FrameMeta, counted_ids: set[int]) -> list[LineCrossing]:
         """Side changes of matched tracks' feet; an event for counted tracks (module docstring)."""
