@@ -39,6 +39,21 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(autouse=True)
+def _gc_in_the_gui_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A Qt test collects cycles only in the GUI thread (``ui.gc_guard``, as the window does), and
+    once more at its end after pytest-qt has closed its widgets: no Qt object of it is left for a
+    later test's pipeline thread to free."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("qapp")
+    from ui.gc_guard import collect_in_gui_thread
+
+    with collect_in_gui_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _fail_on_thread_leak() -> Iterator[None]:
     """napari's dangling-thread check, for every test: a thread the test started must be gone
     (1 s grace) when it ends; a pipeline that stops cleanly leaves none."""

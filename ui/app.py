@@ -5,6 +5,9 @@ stopped, stored as ``interrupted`` / ``terminated``, flushed) and the event loop
 143. Python runs signal handlers only between bytecodes, which it does not reach while Qt waits
 in its event loop: ``signal.set_wakeup_fd`` writes the signal number to a socket that a
 ``QSocketNotifier`` watches, so the loop wakes and the handler runs at once.
+
+While the loop runs, Python's cyclic garbage collector runs only in the GUI thread
+(:mod:`ui.gc_guard`): the pipeline's threads never free a Qt object.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from PySide6.QtCore import QEventLoop, QSocketNotifier
 from PySide6.QtWidgets import QApplication
 
 from ui.bridge import RunRequest
+from ui.gc_guard import collect_in_gui_thread
 from ui.qt_fixes import apply_qt_workarounds
 from ui.window import Controller, MainWindow
 
@@ -92,7 +96,7 @@ def run_window(controller: Controller, request: RunRequest | None, title: str = 
         raise RuntimeError(f"a {type(existing).__name__} exists; the window needs a QApplication")
     qt_app = existing if existing is not None else QApplication(sys.argv[:1])
     window = MainWindow(controller, request, title)
-    with SignalBridge(window.request_close) as signals:
+    with SignalBridge(window.request_close) as signals, collect_in_gui_thread():
         window.show()
         if existing is None:
             qt_app.setApplicationName("people-counter")
