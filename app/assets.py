@@ -148,6 +148,7 @@ def fetch_demo_assets(cache_dir: Path = DEFAULT_CACHE_DIR, *, log: Log = print) 
     Raises ``AssetError`` saying which step failed and how to fix it.
     """
     assets = demo_asset_paths(cache_dir)
+    _drop_stale_int8(assets.detector_dyn_int8_onnx, log)
     if not assets.missing():
         log(f"assets: all found in cache {cache_dir}, nothing to download")
         return assets
@@ -341,6 +342,22 @@ def int8_calibration_images(clip: Path) -> list[Any]:
         raise AssetError(f"{clip} has no frame {INT8_CALIBRATION_FRAMES[0]} of 640x640 or more to calibrate on")
     picked = [tiles[(i * 7 + 3) % len(tiles)] for i in range(INT8_CALIBRATION_TILES)]
     return [np.ascontiguousarray(t.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0) for t in picked]
+
+
+def _drop_stale_int8(path: Path, log: Log) -> None:
+    """A cached int8 copy made by an older recipe (``models.onnx_int8.INT8_RECIPE``) is deleted, so
+    that the step below writes it again; one that cannot be read is too."""
+    if not path.is_file():
+        return
+    from models.onnx_int8 import INT8_RECIPE, int8_recipe
+
+    try:
+        recipe = int8_recipe(path)
+    except Exception as exc:  # a truncated or foreign file: made again
+        recipe = f"unreadable ({exc})"
+    if recipe != INT8_RECIPE:
+        log(f"assets: {path} was made by recipe {recipe or '1 (unmarked)'}, not {INT8_RECIPE!r}: writing it again")
+        path.unlink()
 
 
 def _int8(assets: DemoAssets, out: Path) -> None:

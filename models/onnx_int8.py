@@ -10,14 +10,16 @@ GPUs. What it is:
    non-last axis of that layout (15 ms a 640 image) than on axis 2 before the transpose (1.5 ms);
    softmax works on each vector alone, so swapping the two gives bitwise the same output (a test
    checks it on real frames).
-2. :func:`make_int8`: ``quantize_static`` in the QDQ format, weights int8 per output channel,
-   activations uint8 per tensor, ranges from the entropy (KL) calibration on images of the stream
+2. :func:`make_int8`: ``quantize_static`` in the QDQ format, weights int8 per output channel in 7
+   bits (``reduce_range``: on x86 without VNNI, ORT's uint8 x int8 products are summed in pairs in
+   16 bits, ``VPMADDUBSW``, which saturates with 8-bit weights; docs/MODELS.md), activations uint8
+   per tensor, ranges from the entropy (KL) calibration on images of the stream
    the model will count (like TensorRT's int8 calibration). The decode tail of the head (from the
    per-level ``Concat`` of box and class logits to the outputs: DFL softmax, anchors, sigmoid) stays
    float32: one uint8 scale for pixel boxes (0-640) and scores (0-1) together loses every score.
 
 Measured on the 4K demo (12 frames, the frame and its 32 tiles, merged): the int8 copy finds
--1.6 % to +2.3 % of the float32 copy's people per frame, 0.4 % more on average
+-1.6 % to +3.1 % of the float32 copy's people per frame, 0.4 % more on average
 (tests/test_assets_int8.py holds it to 5 % per frame and 2 % on average).
 """
 
@@ -32,7 +34,20 @@ from numpy.typing import NDArray
 
 from models.onnx_prep import _save, _sort_topologically
 
-__all__ = ["Int8RewriteError", "decode_tail", "make_int8", "move_softmax_before_transpose", "write_int8"]
+__all__ = [
+    "INT8_RECIPE",
+    "Int8RewriteError",
+    "decode_tail",
+    "int8_recipe",
+    "make_int8",
+    "move_softmax_before_transpose",
+    "write_int8",
+]
+
+INT8_RECIPE = "2: 7-bit weights"
+"""Written into each copy's metadata (``RECIPE_KEY``): setup rebuilds a cached copy made by another
+recipe (1: 8-bit weights, which overflow on CPUs without VNNI) instead of keeping it."""
+RECIPE_KEY = "people_counter.int8_recipe"
 
 
 class Int8RewriteError(ValueError):
@@ -140,11 +155,18 @@ def make_int8(model: onnx.ModelProto, images: Iterable[NDArray[np.float32]], wor
         str(src), str(dst), _Images(swapped.graph.input[0].name, images),  # type: ignore[arg-type]
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Entropy, nodes_to_exclude=tail,
+        calibrate_method=CalibrationMethod.Entropy, nodes_to_exclude=tail, reduce_range=True,
     )  # fmt: skip
     out = onnx.load(str(dst))
     onnx.checker.check_model(out)
+    onnx.helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props}, RECIPE_KEY: INT8_RECIPE})
     return out
+
+
+def int8_recipe(path: Path) -> str | None:
+    """The recipe a written int8 copy was made by (``INT8_RECIPE`` of its time), None when unmarked."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return props.get(RECIPE_KEY)
 
 
 def write_int8(src: Path, out: Path, images: Iterable[NDArray[np.float32]]) -> None:
