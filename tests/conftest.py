@@ -14,7 +14,7 @@ from tests.conftest_threads import leaked_threads
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before pytest-qt makes the QApplication
 
-HANG_S = float(os.environ.get("PEOPLE_COUNTER_TEST_HANG_S", "480"))
+HANG_S = float(os.environ.get("PEOPLE_COUNTER_TEST_HANG_S", "600"))
 """Seconds one test (setup, call and teardown) may take before the run is ended with a stack dump
 of every thread. Beyond pytest-timeout's 300 s (pyproject.toml), which fails a slow test and goes
 on but needs the main thread to run Python: a test blocked in C code (a deadlock between the GIL
