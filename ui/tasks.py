@@ -9,12 +9,13 @@ them before it closes, so no thread outlives it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 
 from ui.qt_fixes import apply_qt_workarounds
 
@@ -22,12 +23,35 @@ log = logging.getLogger("people_counter.ui")
 
 _lock = threading.Lock()
 _running: set[threading.Thread] = set()
-_keep: set[_Relay] = set()
 
 
-class _Relay(QObject):
-    done = Signal(object)
-    failed = Signal(object)
+class _Dispatcher(QObject):
+    """One per process, made by the GUI thread and never deleted: a worker thread only ever emits
+    on it. A ``QObject`` per task would be freed by whichever thread drops the last reference to
+    it, often the worker at its very end, and deleting a ``QObject`` outside its own thread is
+    undefined in Qt (a crash, or a deadlock with the GUI thread inside C++)."""
+
+    deliver = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliver.connect(self._call, Qt.ConnectionType.QueuedConnection)  # receiver: this, in the GUI thread
+
+    @Slot(object)
+    def _call(self, fn: Callable[[], None]) -> None:
+        fn()
+
+
+_dispatcher: _Dispatcher | None = None
+
+
+def _get_dispatcher() -> _Dispatcher:
+    global _dispatcher
+    if _dispatcher is None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("run_in_background: call it from the GUI thread first")
+        _dispatcher = _Dispatcher()
+    return _dispatcher
 
 
 def run_in_background(
@@ -38,21 +62,16 @@ def run_in_background(
 ) -> threading.Thread:
     """Run ``fn()`` on a thread; ``on_done`` / ``on_error`` are called on the UI thread afterwards."""
     apply_qt_workarounds()
-    relay = _Relay()
-    relay.done.connect(on_done, Qt.ConnectionType.QueuedConnection)
-    relay.failed.connect(on_error, Qt.ConnectionType.QueuedConnection)
-    relay.done.connect(lambda _r: _keep.discard(relay))
-    relay.failed.connect(lambda _e: _keep.discard(relay))
-    _keep.add(relay)
+    dispatcher = _get_dispatcher()
 
     def body() -> None:
         try:
             result = fn()
         except Exception as exc:  # delivered to the UI, which shows it
             log.warning("background task %s failed: %s", name, exc)
-            relay.failed.emit(exc)
+            dispatcher.deliver.emit(functools.partial(on_error, exc))
         else:
-            relay.done.emit(result)
+            dispatcher.deliver.emit(functools.partial(on_done, result))
         finally:
             with _lock:
                 _running.discard(threading.current_thread())
