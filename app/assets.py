@@ -356,7 +356,7 @@ def _drop_stale_int8(path: Path, log: Log) -> None:
     except Exception as exc:  # a truncated or foreign file: made again
         recipe = f"unreadable ({exc})"
     if recipe != INT8_RECIPE:
-        log(f"assets: {path} was made by recipe {recipe or '1 (unmarked)'}, not {INT8_RECIPE!r}: writing it again")
+        log(f"assets: {path} was made by recipe {recipe!r}, not {INT8_RECIPE!r}: writing it again")
         path.unlink()
 
 

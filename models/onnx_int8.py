@@ -10,16 +10,19 @@ GPUs. What it is:
    non-last axis of that layout (15 ms a 640 image) than on axis 2 before the transpose (1.5 ms);
    softmax works on each vector alone, so swapping the two gives bitwise the same output (a test
    checks it on real frames).
-2. :func:`make_int8`: ``quantize_static`` in the QDQ format, weights int8 per output channel in 7
-   bits (``reduce_range``: on x86 without VNNI, ORT's uint8 x int8 products are summed in pairs in
-   16 bits, ``VPMADDUBSW``, which saturates with 8-bit weights; docs/MODELS.md), activations uint8
-   per tensor, ranges from the entropy (KL) calibration on images of the stream
+2. :func:`make_int8`: ``quantize_static`` in the QDQ format, weights int8 per output channel,
+   activations uint8 per tensor, ranges from the entropy (KL) calibration on images of the stream
    the model will count (like TensorRT's int8 calibration). The decode tail of the head (from the
    per-level ``Concat`` of box and class logits to the outputs: DFL softmax, anchors, sigmoid) stays
    float32: one uint8 scale for pixel boxes (0-640) and scores (0-1) together loses every score.
 
+On x86 CPUs without VNNI (AVX2 only: many laptops and older servers) ONNX Runtime multiplies
+uint8 by int8 with ``VPMADDUBSW``, which sums two products in 16 bits and saturates; the CPU
+sessions therefore set ``session.x64quantprecision`` (``models.onnxruntime_backend``), with which
+ORT runs those layers as exact uint8 x uint8 on such CPUs only (docs/MODELS.md).
+
 Measured on the 4K demo (12 frames, the frame and its 32 tiles, merged): the int8 copy finds
--1.6 % to +3.1 % of the float32 copy's people per frame, 0.4 % more on average
+-1.6 % to +2.3 % of the float32 copy's people per frame, 0.4 % more on average
 (tests/test_assets_int8.py holds it to 5 % per frame and 2 % on average).
 """
 
@@ -36,6 +39,7 @@ from models.onnx_prep import _save, _sort_topologically
 
 __all__ = [
     "INT8_RECIPE",
+    "UNMARKED_RECIPE",
     "Int8RewriteError",
     "decode_tail",
     "int8_recipe",
@@ -44,9 +48,11 @@ __all__ = [
     "write_int8",
 ]
 
-INT8_RECIPE = "2: 7-bit weights"
-"""Written into each copy's metadata (``RECIPE_KEY``): setup rebuilds a cached copy made by another
-recipe (1: 8-bit weights, which overflow on CPUs without VNNI) instead of keeping it."""
+INT8_RECIPE = "1: 8-bit weights"
+"""Written into each copy's metadata (``RECIPE_KEY``): setup writes again a cached copy made by
+another recipe (for one, 7-bit weights, tried on 2026-12-02) instead of keeping it. Copies written
+before the mark existed are of this recipe (``UNMARKED_RECIPE``)."""
+UNMARKED_RECIPE = "1: 8-bit weights"
 RECIPE_KEY = "people_counter.int8_recipe"
 
 
@@ -155,7 +161,7 @@ def make_int8(model: onnx.ModelProto, images: Iterable[NDArray[np.float32]], wor
         str(src), str(dst), _Images(swapped.graph.input[0].name, images),  # type: ignore[arg-type]
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Entropy, nodes_to_exclude=tail, reduce_range=True,
+        calibrate_method=CalibrationMethod.Entropy, nodes_to_exclude=tail,
     )  # fmt: skip
     out = onnx.load(str(dst))
     onnx.checker.check_model(out)
@@ -163,10 +169,10 @@ def make_int8(model: onnx.ModelProto, images: Iterable[NDArray[np.float32]], wor
     return out
 
 
-def int8_recipe(path: Path) -> str | None:
-    """The recipe a written int8 copy was made by (``INT8_RECIPE`` of its time), None when unmarked."""
+def int8_recipe(path: Path) -> str:
+    """The recipe a written int8 copy was made by (``INT8_RECIPE`` of its time)."""
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return props.get(RECIPE_KEY)
+    return props.get(RECIPE_KEY, UNMARKED_RECIPE)
 
 
 def write_int8(src: Path, out: Path, images: Iterable[NDArray[np.float32]]) -> None:

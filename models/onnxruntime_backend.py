@@ -99,6 +99,11 @@ def cuda_provider_options(
     return opts
 
 
+QUANT_PRECISION_KEY = "session.x64quantprecision"
+"""ORT's ``kOrtSessionOptionsAvx2PrecisionMode``: exact uint8 x uint8 products for int8 models on x86
+CPUs without VNNI (see :func:`make_session_options`)."""
+
+
 def make_session_options(
     ort: Any,
     providers: list[str],
@@ -108,8 +113,9 @@ def make_session_options(
     cpu_fallback_off: bool | None = None,
 ) -> Any:
     """``SessionOptions`` for ``providers``: thread counts (0 intra: ORT's default), sequential
-    execution, and no silent CPU fallback when a device EP is listed without CPU behind it
-    (``cpu_fallback_off`` None; True/False to force)."""
+    execution, no silent CPU fallback when a device EP is listed without CPU behind it
+    (``cpu_fallback_off`` None; True/False to force), and exact int8 products on CPUs without VNNI
+    (``QUANT_PRECISION_KEY``)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if intra_op_threads:
@@ -119,6 +125,11 @@ def make_session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if strict_device(providers) if cpu_fallback_off is None else cpu_fallback_off:
         opts.add_session_config_entry(CPU_FALLBACK_KEY, "1")
+    # int8 models (the CPU path's detector copy) on x86 CPUs without VNNI: ORT's uint8 x int8
+    # kernel sums two products in 16 bits (VPMADDUBSW) and saturates; with this entry ORT turns the
+    # int8 weights into uint8 and runs the exact uint8 x uint8 kernel, on those CPUs only (no effect
+    # with VNNI or AMX, nor on float models). docs/MODELS.md, "The int8 copy".
+    opts.add_session_config_entry(QUANT_PRECISION_KEY, "1")
     return opts
 
 
