@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +118,36 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
 
 
+_QT_PROBE = "from PySide6.QtWidgets import QApplication; QApplication([])"
+_QT_PROBE_TIMEOUT_S = 60.0
+
+
+def window_problem() -> str | None:
+    """Why Qt cannot open a window on this display, or None when it can.
+
+    Qt ends the whole process (``qFatal``, exit 134) when its platform plugin does not load: a
+    display it cannot connect to, or a library the X11 plugin needs (``libxcb-cursor0`` since Qt
+    6.5, missing on minimal installs). A child process tries first, so that this one can say why
+    and run headless instead."""
+    if sys.platform in ("darwin", "win32") or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal"):
+        return None
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=_QT_PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return f"Qt did not start on this display within {_QT_PROBE_TIMEOUT_S:g} s"
+    if probe.returncode == 0:
+        return None
+    said = [line.strip() for line in probe.stderr.splitlines() if line.strip().startswith(("qt.qpa", "Could not", "This application"))]
+    reason = "; ".join(said[:2]) or f"Qt exited {probe.returncode}"
+    if "xcb-cursor" in probe.stderr:
+        reason += " (install it: `sudo apt install libxcb-cursor0` on Debian/Ubuntu, `sudo dnf install xcb-util-cursor` on Fedora)"
+    elif "could not connect to display" in probe.stderr.lower():
+        reason += f" (DISPLAY={os.environ.get('DISPLAY', '')!r}: is the X server running, and may this user use it?)"
+    return reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv)
     from app.build import release_gpu
@@ -175,7 +206,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             except ImportError as exc:
                 print(f"the window cannot start ({exc}); running headless", file=sys.stderr)
             else:
-                return run_gui(args)
+                problem = window_problem()
+                if problem is None:
+                    return run_gui(args)
+                print(f"the window cannot open: {problem}; running headless", file=sys.stderr)
     if cmd == "run" and not has_display():
         print("no display (DISPLAY is unset): running headless on the demo", file=sys.stderr)
     from app.headless import headless_command

@@ -111,3 +111,21 @@ def test_a_signal_to_the_gui_process_stops_saves_and_exits_with_its_code(tmp_pat
     assert proc.returncode == code, out.decode()[-2000:]
     (_, stored_status, ended) = stored_runs(db)[-1]
     assert stored_status == status and ended is not None
+
+
+def test_run_on_a_display_qt_cannot_use_says_why_and_counts_headless(tmp_path: Path) -> None:
+    """``main.py run`` with a display set that Qt cannot open (here one with no X server; on a
+    minimal install, a missing ``libxcb-cursor0``) used to end in Qt's abort (exit 134) before
+    anything was counted. It says why, runs headless, and stores the frames."""
+    cfg = small_config(tmp_path, max_frames=3)
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
+    env["DISPLAY"] = ":987"  # no X server listens there
+    proc = subprocess.run(
+        [sys.executable, "main.py", "run", "--config", str(cfg)], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the window cannot open: " in proc.stderr and "running headless" in proc.stderr, proc.stderr[-2000:]
+    assert [r[1] for r in stored_runs(tmp_path / "gui.db")] == ["completed"]
+    with sqlite3.connect(tmp_path / "gui.db") as con:
+        assert con.execute("select count(*) from frames").fetchone()[0] == 3
