@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,11 @@ def has_display() -> bool:
 
 _QT_PROBE = "from PySide6.QtWidgets import QApplication; QApplication([])"
 _QT_PROBE_TIMEOUT_S = 60.0
+_QT_X11_PACKAGES = (
+    "libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-shape0 "
+    "libxcb-randr0 libxcb-xkb1 libxkbcommon-x11-0"
+)
+"""What Qt 6's X11 plugin loads beyond a bare X client (Qt's "Qt for X11 Requirements")."""
 
 
 def window_problem() -> str | None:
@@ -131,19 +137,25 @@ def window_problem() -> str | None:
     and run headless instead."""
     if sys.platform in ("darwin", "win32") or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal"):
         return None
+    env = {**os.environ, "QT_DEBUG_PLUGINS": "1"}  # Qt then names the library its plugin lacks
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=_QT_PROBE_TIMEOUT_S
+            [sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=_QT_PROBE_TIMEOUT_S, env=env
         )
     except subprocess.TimeoutExpired:
         return f"Qt did not start on this display within {_QT_PROBE_TIMEOUT_S:g} s"
     if probe.returncode == 0:
         return None
+    missing = sorted(set(re.findall(r"(lib[\w.+-]+?\.so[.\d]*): cannot open shared object file", probe.stderr)))
+    if missing:
+        return (
+            f"Qt's display plugin cannot load {', '.join(missing)} (Debian/Ubuntu: `sudo apt install "
+            f"{_QT_X11_PACKAGES}`; Fedora: `sudo dnf install xcb-util-cursor xcb-util-wm xcb-util-keysyms "
+            "xcb-util-image xcb-util-renderutil libxkbcommon-x11`)"
+        )
     said = [line.strip() for line in probe.stderr.splitlines() if line.strip().startswith(("qt.qpa", "Could not", "This application"))]
     reason = "; ".join(said[:2]) or f"Qt exited {probe.returncode}"
-    if "xcb-cursor" in probe.stderr:
-        reason += " (install it: `sudo apt install libxcb-cursor0` on Debian/Ubuntu, `sudo dnf install xcb-util-cursor` on Fedora)"
-    elif "could not connect to display" in probe.stderr.lower():
+    if "could not connect to display" in probe.stderr.lower():
         reason += f" (DISPLAY={os.environ.get('DISPLAY', '')!r}: is the X server running, and may this user use it?)"
     return reason
 
