@@ -12,6 +12,12 @@ Everything runs on the calling thread's current CuPy stream (the branch's, under
   fail it; one device-to-host copy. Decoding the compact array with the NumPy decoders of
   :mod:`models.yolo` gives exactly what decoding the full output gives (same rows, same order,
   same values).
+- :func:`decode_v8_nms` does the whole v8 decode on the device (score filter, best class, box
+  decode, sort, greedy class-agnostic NMS, the ``max_detections`` cap) in one kernel, one block per
+  image, and copies only the kept rows to the host (one copy): the same rows, in the same order,
+  with the same float32 values as :func:`models.yolo.decode_v8` (IEEE float32 throughout, no fused
+  multiply-adds, ties broken by anchor index as NumPy's stable sort does). An image with more than
+  :data:`NMS_CAPACITY` candidates returns ``None`` (the caller then decodes the compact array).
 - :func:`assemble_masks` computes ``coef @ protos`` only at the bilinear taps each kept
   detection's mask pixels need (one kernel for all detections) and thresholds at logit 0; one
   device-to-host copy of the packed masks. The taps (which proto cells, which weights) are the
@@ -69,6 +75,160 @@ def compact_e2e(pred: Any, score_threshold: float) -> NDArray[np.float32]:
     out[:, :, 4] = _FAIL
     out[bi, pos[bi, ni]] = pred[bi, ni]
     return to_host(out).astype(np.float32, copy=False)
+
+
+NMS_CAPACITY = 4096
+"""Candidates per image the one-kernel v8 decode sorts in shared memory (more: ``None``)."""
+
+_V8_NMS_KERNEL = (
+    f"#define CAP {NMS_CAPACITY}\n"
+    + r"""
+extern "C" __global__ void v8_decode_nms(
+    const float* __restrict__ pred, int C, int A, int nc, const unsigned char* __restrict__ is_person,
+    int n_coef, float score_thr, float iou_thr, int max_det, int width,
+    float* __restrict__ boxes, float* __restrict__ out) {
+    // out: B x 2 int32 header (kept, candidates), then B x max_det x width float32 rows
+    __shared__ unsigned long long keys[CAP];
+    __shared__ unsigned char supp[CAP];
+    __shared__ int n;
+    const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+    const float* P = pred + (size_t)b * C * A;
+    int* header = (int*)out;
+    float* rows = out + 2 * gridDim.x + (size_t)b * max_det * width;
+    if (tid == 0) n = 0;
+    __syncthreads();
+    for (int a = tid; a < A; a += bd) {
+        float bp = __int_as_float(0xff800000), bo = bp;  // -inf
+        for (int c = 0; c < nc; ++c) {
+            const float v = P[(size_t)(4 + c) * A + a];
+            if (is_person[c]) { if (v > bp) bp = v; } else { if (v > bo) bo = v; }
+        }
+        // models.yolo.decode_v8: best person score passes, the best class is a person, w, h > 0
+        if (bp >= score_thr && bp >= bo && P[(size_t)2 * A + a] > 0.f && P[(size_t)3 * A + a] > 0.f) {
+            const int i = atomicAdd(&n, 1);
+            if (i < CAP) {
+                const unsigned int s = __float_as_uint(bp == 0.f ? 0.f : bp);  // scores >= 0: bits order as values
+                keys[i] = ((unsigned long long)(0xFFFFFFFFu - s) << 32) | (unsigned int)a;
+            }
+        }
+    }
+    __syncthreads();
+    const int m = n;
+    if (m > CAP) {  // too many to sort here: the caller decodes on the host
+        if (tid == 0) { header[2 * b] = 0; header[2 * b + 1] = m; }
+        return;
+    }
+    int p2 = 1;
+    while (p2 < m) p2 <<= 1;
+    for (int i = m + tid; i < p2; i += bd) keys[i] = 0xFFFFFFFFFFFFFFFFull;
+    __syncthreads();
+    // bitonic sort, ascending key = score descending, then anchor ascending (NumPy's stable order)
+    for (int k = 2; k <= p2; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = tid; i < p2; i += bd) {
+                const int ixj = i ^ j;
+                if (ixj > i) {
+                    const unsigned long long k0 = keys[i], k1 = keys[ixj];
+                    if (((i & k) == 0) ? (k0 > k1) : (k0 < k1)) { keys[i] = k1; keys[ixj] = k0; }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    float* Bx = boxes + (size_t)b * CAP * 5;
+    for (int i = tid; i < m; i += bd) {
+        const int a = (int)(keys[i] & 0xFFFFFFFFull);
+        const float cx = P[a], cy = P[(size_t)A + a];
+        const float hw = __fmul_rn(P[(size_t)2 * A + a], 0.5f), hh = __fmul_rn(P[(size_t)3 * A + a], 0.5f);
+        const float x1 = __fsub_rn(cx, hw), y1 = __fsub_rn(cy, hh), x2 = __fadd_rn(cx, hw), y2 = __fadd_rn(cy, hh);
+        Bx[5 * i] = x1; Bx[5 * i + 1] = y1; Bx[5 * i + 2] = x2; Bx[5 * i + 3] = y2;
+        Bx[5 * i + 4] = __fmul_rn(fmaxf(__fsub_rn(x2, x1), 0.f), fmaxf(__fsub_rn(y2, y1), 0.f));
+        supp[i] = 0;
+    }
+    __syncthreads();
+    int kept = 0;
+    for (int i = 0; i < m && kept < max_det; ++i) {
+        if (supp[i]) continue;  // the same for every thread: read after the last barrier
+        const float x1 = Bx[5 * i], y1 = Bx[5 * i + 1], x2 = Bx[5 * i + 2], y2 = Bx[5 * i + 3], ai = Bx[5 * i + 4];
+        const int a = (int)(keys[i] & 0xFFFFFFFFull);
+        float* row = rows + (size_t)kept * width;
+        if (tid == 0) {
+            float best = __int_as_float(0xff800000);
+            int cls = 0;
+            for (int c = 0; c < nc; ++c) {
+                const float v = P[(size_t)(4 + c) * A + a];
+                if (is_person[c] && v > best) { best = v; cls = c; }  // the first of equal scores, as argmax
+            }
+            row[0] = x1; row[1] = y1; row[2] = x2; row[3] = y2;
+            row[4] = __uint_as_float(0xFFFFFFFFu - (unsigned int)(keys[i] >> 32));
+            row[5] = (float)cls;
+        }
+        for (int k = tid; k < n_coef; k += bd) row[6 + k] = P[(size_t)(4 + nc + k) * A + a];
+        for (int j = i + 1 + tid; j < m; j += bd) {
+            if (supp[j]) continue;
+            const float iw = fmaxf(__fsub_rn(fminf(x2, Bx[5 * j + 2]), fmaxf(x1, Bx[5 * j])), 0.f);
+            const float ih = fmaxf(__fsub_rn(fminf(y2, Bx[5 * j + 3]), fmaxf(y1, Bx[5 * j + 1])), 0.f);
+            const float inter = __fmul_rn(iw, ih);
+            const float den = fmaxf(__fsub_rn(__fadd_rn(ai, Bx[5 * j + 4]), inter), 1e-9f);
+            if (__fdiv_rn(inter, den) > iou_thr) supp[j] = 1;
+        }
+        ++kept;
+        __syncthreads();
+    }
+    if (tid == 0) { header[2 * b] = kept; header[2 * b + 1] = m; }
+}
+"""
+)
+
+
+@cache
+def _v8_nms_kernel() -> Any:
+    import cupy
+
+    return cupy.RawKernel(_V8_NMS_KERNEL, "v8_decode_nms")
+
+
+def decode_v8_nms(
+    pred: Any,
+    person_rows: Sequence[int] | NDArray[np.integer[Any]],
+    n_coef: int,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]] | None:
+    """A v8 head's detections decoded on the device: ``pred`` CuPy [B, 4+nc(+32), A].
+
+    Returns host ``(rows, image)``: rows (M, 6 + n_coef) float32 ``x1, y1, x2, y2, score, class,
+    coefs`` in tensor pixels, grouped by image (ascending), score descending within an image, the
+    rows :func:`models.yolo.decode_v8` keeps; ``image`` (M,) the batch index of each row. ``None``
+    when an image has more than :data:`NMS_CAPACITY` candidates. One kernel, one host copy.
+    """
+    import cupy
+
+    pred = cupy.ascontiguousarray(pred, dtype=cupy.float32)
+    b, c, a = pred.shape
+    nc = c - 4 - n_coef
+    is_person = np.zeros(nc, np.uint8)
+    is_person[np.asarray(person_rows, np.int64) - 4] = 1
+    width = 6 + n_coef
+    if b == 0:
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    scratch = cupy.empty((b, NMS_CAPACITY, 5), cupy.float32)
+    out = cupy.empty(2 * b + b * max_detections * width, cupy.float32)
+    _v8_nms_kernel()(
+        (b, 1, 1), (512, 1, 1),
+        (pred, np.int32(c), np.int32(a), np.int32(nc), cupy.asarray(is_person), np.int32(n_coef),
+         np.float32(score_threshold), np.float32(iou_threshold), np.int32(max_detections), np.int32(width),
+         scratch, out),
+    )  # fmt: skip
+    host = to_host(out)
+    header = host[: 2 * b].view(np.int32).reshape(b, 2)
+    if (header[:, 1] > NMS_CAPACITY).any():
+        return None
+    rows = host[2 * b :].reshape(b, max_detections, width)
+    kept = np.arange(max_detections)[None, :] < header[:, :1]
+    image, _ = np.nonzero(kept)
+    return rows[kept], image.astype(np.int64)
 
 
 _MASK_KERNEL = r"""

@@ -3,7 +3,7 @@
 #
 # Assets travel in carried folders .devcarry/g0, g1, ... (models, clips: .cache is not part of
 # the working tree); `tools/gpu_session.sh stash` copies the carried ones into /tmp/assets, and
-# `tools/gpu_session.sh tests|teardown|bench|loop|parity|streams|soak|cputests|slicer` runs one group of measurements with
+# `tools/gpu_session.sh tests|teardown|bench|loop|parity|streams|soak|cputests|slicer|post` runs one group of measurements with
 # .cache/assets pointing there, writing logs under $OUT. The staged wheels (onnxruntime-gpu,
 # PyNvVideoCodec, the project's pure dependencies: ../shared/device/stage-wheels.sh) must be in
 # /tmp/site. Each group stays under the device tool's 10-minute command limit.
@@ -188,6 +188,13 @@ EOF
   echo "slicer int8 rc=$?" >> "$OUT/slicer_int8.txt"
   tail -8 "$OUT/slicer.txt" "$OUT/slicer_int8.txt"
   ;;
+post)
+  link_assets
+  # the YOLO post-processing alone per branch call: the one-kernel decode against the compact path
+  timeout 200 python3 tools/bench_postprocess.py --iters 200 > "$OUT/post.txt" 2>&1
+  echo "post rc=$?" >> "$OUT/post.txt"
+  cat "$OUT/post.txt"
+  ;;
 *)
-  echo "usage: $0 stash|tests|teardown|bench|loop|parity|streams|soak|cputests|slicer"; exit 2 ;;
+  echo "usage: $0 stash|tests|teardown|bench|loop|parity|streams|soak|cputests|slicer|post"; exit 2 ;;
 esac
