@@ -82,13 +82,18 @@ def cuda_provider_options(
     ``stream_handle``: the ``cudaStream_t`` (as an int) the EP enqueues on (``user_compute_stream``;
     ``has_user_compute_stream`` with it); None: the EP's own stream. ``prefer_nhwc``: NHWC
     convolutions (tensor-core kernels are NHWC; saves the layout transposes cuDNN otherwise does,
-    most for float16). ``use_tf32``: False for strict float32 (parity tests)."""
+    most for float16). ``use_tf32``: False for strict float32 (parity tests).
+
+    ``device_id`` is given only for a device other than 0 (the EP's default): since ONNX Runtime
+    1.26 a ``device_id`` option makes session creation look for a plugin EP device first, and ORT
+    warns "No registered plugin EP device found for 'CUDAExecutionProvider'" at every session when
+    none is registered (the built-in CUDA EP never is) before it uses the built-in EP anyway."""
     if cudnn_conv_algo_search not in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
         raise ValueError(f"cudnn_conv_algo_search: EXHAUSTIVE, HEURISTIC or DEFAULT, got {cudnn_conv_algo_search!r}")
     if stream_handle == 0:
         raise ValueError("stream_handle 0 is the legacy default stream, which ONNX Runtime ignores; pass a stream")
     opts = {
-        "device_id": str(device_id),
+        **({"device_id": str(device_id)} if device_id else {}),
         "cudnn_conv_algo_search": cudnn_conv_algo_search,
         "prefer_nhwc": "1" if prefer_nhwc else "0",
         "use_tf32": "1" if use_tf32 else "0",

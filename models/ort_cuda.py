@@ -146,7 +146,9 @@ class CudaBinding:
         cur = dict(session.get_provider_options().get("CUDAExecutionProvider", {}))
         if provider_options or int(str(cur.get("user_compute_stream") or "0"), 0) != int(self.stream.ptr):
             opts = {**cur, **(provider_options or {})}
-            opts.update({"device_id": str(device_id), "has_user_compute_stream": "1", "user_compute_stream": str(self.stream.ptr)})
+            opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(self.stream.ptr)})
+            if device_id:  # see onnxruntime_backend.cuda_provider_options: 0 is the default, unnamed
+                opts["device_id"] = str(device_id)
             session.set_providers(["CUDAExecutionProvider"], [opts])
         self._session = session
         self._synchronize = synchronize

@@ -63,6 +63,9 @@ def test_cuda_provider_options_carry_the_stream_and_the_kernel_choices() -> None
     }
     plain = cuda_provider_options(0, None, prefer_nhwc=False, cudnn_conv_algo_search="HEURISTIC", use_tf32=False)
     assert "user_compute_stream" not in plain and plain["prefer_nhwc"] == "0" and plain["use_tf32"] == "0"
+    # device 0 is the EP's default and is not named: a device_id makes ORT >= 1.26 look for a
+    # plugin EP device and warn at every session that none is registered
+    assert "device_id" not in plain
     assert plain["cudnn_conv_algo_search"] == "HEURISTIC"
     with pytest.raises(ValueError, match="stream_handle 0"):
         cuda_provider_options(0, 0)

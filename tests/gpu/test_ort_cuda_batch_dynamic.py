@@ -56,13 +56,17 @@ def test_batch_33_in_one_cuda_call_matches_cpu(cp: Any, cuda_ep: None, batch33: 
     cpu.close()
 
 
-def test_cuda_session_gets_its_options_at_creation(cp: Any, cuda_ep: None) -> None:
+def test_cuda_session_gets_its_options_at_creation(cp: Any, cuda_ep: None, capfd: pytest.CaptureFixture[str]) -> None:
     """Provider options (stream, NHWC, cuDNN search) in the session as created; when
-    models.ort_cuda takes the creation-time stream, no CPU EP behind CUDA (fallback off)."""
+    models.ort_cuda takes the creation-time stream, no CPU EP behind CUDA (fallback off); and
+    ORT's "No registered plugin EP device" warning is not printed (issue 13)."""
     from models import ort_cuda
     from models.onnxruntime_backend import OnnxRuntimeBackend
 
+    capfd.readouterr()
     be = OnnxRuntimeBackend(asset(*DYN), device="gpu")
+    err = capfd.readouterr().err
+    assert "No registered plugin EP device" not in err, err
     opts = be._session.get_provider_options()["CUDAExecutionProvider"]
     assert opts["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     assert opts["prefer_nhwc"] == "1"
