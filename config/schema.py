@@ -213,7 +213,7 @@ class DensityCalibrationConfig(_Strict):
     min_box_height_px: float = Field(
         100.0, gt=0,
         description="Detections are reliable where people are this tall or taller (median box height of a region): only "
-        "there are they used to fit the density scale.",
+        "there are they used to fit the density scale, and there the hybrid counts them whatever the density says.",
     )
     max_reliable_people_per_mpx: float = Field(
         60.0, gt=0, description="...and where the region holds at most this many detections per megapixel (sparse)."

@@ -52,6 +52,7 @@ __all__ = [
     "placement",
     "points_in_polygon",
     "region_density",
+    "reliable_regions",
     "stitch_masks",
     "zone_polygon",
 ]
@@ -251,6 +252,32 @@ def _region_of(points: NDArray[np.floating], frame_wh: tuple[int, int], rows: in
     return _region_index(points[:, 1], h, rows), _region_index(points[:, 0], w, cols)
 
 
+def reliable_regions(
+    dets: Detections, frame_wh: tuple[int, int], rows: int, cols: int, min_box_height_px: float, max_people_per_mpx: float
+) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+    """Where detection is reliable: (rows, cols) mask of the regions whose detections (by box
+    centre) have a median box height of at least ``min_box_height_px`` and number at most
+    ``max_people_per_mpx`` per megapixel of the region (people large enough for the detector, and
+    sparse enough not to hide each other), and the (rows, cols) detection count per region. A
+    region without detections is not reliable: nothing in it says the detector sees its people."""
+    w, h = frame_wh
+    r, c = _region_of(dets.center, frame_wh, rows, cols)
+    idx = r * cols + c
+    k = np.bincount(idx, minlength=rows * cols)
+    ok = np.zeros(rows * cols, bool)
+    if len(dets):
+        heights = (dets.xyxy[:, 3] - dets.xyxy[:, 1]).astype(np.float64)
+        order = np.argsort(idx, kind="stable")
+        starts = np.flatnonzero(k)
+        bounds = np.cumsum(k)
+        for region in starts:  # at most rows x cols regions, not a loop over detections
+            median = float(np.median(heights[order[bounds[region] - k[region] : bounds[region]]]))
+            ok[region] = median >= min_box_height_px
+        region_mpx = (w / cols) * (h / rows) / 1e6
+        ok &= k / region_mpx <= max_people_per_mpx
+    return ok.reshape(rows, cols), k.reshape(rows, cols).astype(np.int64)
+
+
 def _cell_axes(density: DensityMap) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Frame pixel centres of the density cells: (W',) along x and (H',) along y."""
     h, w = density.density.shape
@@ -407,8 +434,12 @@ def hybrid_count(
     K = detections whose box centre is inside, D = density integral (of the calibrated map:
     ``pipeline.density_calibration``). Policy ``hybrid``: a region counts by density when
     ``D >= min_density_people``, ``D`` per megapixel of the region ``>= dense_people_per_mpx`` and
-    ``D >= saturation_ratio * K`` (detection saturates: where the two agree the detections count),
-    else by K; fused = sum of region counts. Policy ``detections``:
+    ``D >= saturation_ratio * K`` (detection saturates: where the two agree the detections count)
+    and detection is not reliable there (``reliable_regions`` with the calibration's criterion,
+    ``cfg.calibration.min_box_height_px`` and ``max_reliable_people_per_mpx``: where people are
+    large and sparse the detector sees them, and a density above their count is the model's error
+    on large people or on the ground, not a crowd the detector missed), else by K; fused = sum of
+    region counts. Policy ``detections``:
     fused = len(dets), every region by K. Policy ``density``: fused = density count, every region
     by D. Without a density map, ``density`` and ``hybrid`` fall back to detections and say so in
     ``CountResult.policy``: ``"<policy>(density unavailable)->detections"``; ``density`` is None.
@@ -417,8 +448,9 @@ def hybrid_count(
         raise ValueError(f"hybrid_count: unknown policy {policy!r}; expected detections, density or hybrid")
     rows, cols = cfg.region_rows, cfg.region_cols
     w, h = frame_wh
-    r, c = _region_of(dets.center, frame_wh, rows, cols)
-    k = np.bincount(r * cols + c, minlength=rows * cols).reshape(rows, cols).astype(np.float64)
+    cal = cfg.calibration
+    reliable, k_int = reliable_regions(dets, frame_wh, rows, cols, cal.min_box_height_px, cal.max_reliable_people_per_mpx)
+    k = k_int.astype(np.float64)
     label = str(policy)
     if density is None:
         d = np.zeros((rows, cols), np.float64)
@@ -433,7 +465,8 @@ def hybrid_count(
             "density": np.ones((rows, cols), bool),
             "hybrid": (d >= cfg.min_density_people)
             & (d / region_mpx >= cfg.dense_people_per_mpx)
-            & (d >= cfg.saturation_ratio * k),
+            & (d >= cfg.saturation_ratio * k)
+            & ~reliable,
         }[policy]
     region_counts = np.where(dense, d, k).astype(np.float32)
     region_source = dense.astype(np.int8)

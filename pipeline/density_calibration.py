@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from scipy.ndimage import uniform_filter
 
 from config.schema import DensityCalibrationConfig, HybridConfig
-from pipeline.counting import region_density
+from pipeline.counting import region_density, reliable_regions
 from pipeline.types import DensityCalibration, DensityMap, Detections
 
 __all__ = ["CalibratedDensity", "DensityCalibrator", "fit_scale"]
@@ -236,20 +236,11 @@ class DensityCalibrator:
         if not len(dets):
             return
         cfg = self.cfg
-        w, h = frame_wh
-        centre = dets.center
-        r = np.clip((centre[:, 1] * self.rows / h).astype(int), 0, self.rows - 1)
-        c = np.clip((centre[:, 0] * self.cols / w).astype(int), 0, self.cols - 1)
-        heights = (dets.xyxy[:, 3] - dets.xyxy[:, 1]).astype(np.float64)
-        region_mpx = (w / self.cols) * (h / self.rows) / 1e6
-        for idx in np.unique(r * self.cols + c):
-            mine = (r * self.cols + c) == idx
-            k = int(mine.sum())
-            if np.median(heights[mine]) < cfg.min_box_height_px or k / region_mpx > cfg.max_reliable_people_per_mpx:
-                continue
+        ok, k = reliable_regions(dets, frame_wh, self.rows, self.cols, cfg.min_box_height_px, cfg.max_reliable_people_per_mpx)
+        for idx in np.flatnonzero(ok):
             if len(self._samples) == self._samples.maxlen:
                 self._changed.add(self._samples[0][0])  # leaves the window
-            self._samples.append((int(idx), float(f_r.flat[idx]), float(k)))
+            self._samples.append((int(idx), float(f_r.flat[idx]), float(k.flat[idx])))
             self._changed.add(int(idx))
             self._global_stale = True
 

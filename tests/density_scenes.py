@@ -73,3 +73,18 @@ def dense_scene(
         img[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = small[i]
         truth += counts[i]
     return img, truth
+
+
+def perspective_scene(frames: dict[int, NDArray[np.uint8]], counts: dict[int, int]) -> tuple[NDArray[np.uint8], int, int]:
+    """(image (1728, 1920, 3) uint8, true count, true count of the far band): a view with depth made
+    of real footage. The far band (top 1152 rows) is the 1/4-scale scene of ``dense_scene`` (8 x 10
+    cells, people 25-38 px tall); the near band (bottom 576 rows, the default region grid's last
+    row) holds the first two hand-counted frames at their own size (people 57-122 px tall) side by
+    side, the rest flat grey. Truth = the far band's cells' counts + the two frames' counts."""
+    order = sorted(counts)
+    far, far_truth = dense_scene(frames, counts, 0.25, (8, 10), (1920, 1152))
+    img = np.full((1728, 1920, 3), GREY, np.uint8)
+    img[:1152] = far
+    for j, i in enumerate(order[:2]):
+        img[1152:, j * 768 : (j + 1) * 768] = frames[i]
+    return img, far_truth + sum(counts[i] for i in order[:2]), far_truth

@@ -17,8 +17,10 @@ FRAME = (1920, 1080)
 CFG = HybridConfig(dense_people_per_mpx=40.0)  # the tables below are written for this rate
 
 
-def make_detections(feet_points: Sequence[tuple[float, float]], w: float = 40, h: float = 100) -> Detections:
-    """Person boxes of w x h standing at each (x, y) feet point (box centre h/2 above the feet)."""
+def make_detections(feet_points: Sequence[tuple[float, float]], w: float = 24, h: float = 60) -> Detections:
+    """Person boxes of w x h standing at each (x, y) feet point (box centre h/2 above the feet).
+    The default 60 px is below the calibration's ``min_box_height_px`` (100): people small enough
+    that a crowd of them can saturate the detector (``reliable_regions``)."""
     pts = np.asarray(feet_points, np.float32).reshape(-1, 2)
     xyxy = np.stack([pts[:, 0] - w / 2, pts[:, 1] - h, pts[:, 0] + w / 2, pts[:, 1]], axis=1)
     n = len(pts)
@@ -88,10 +90,52 @@ def test_hybrid_regions(name: str, feet_pts: list, density: list, fused: float, 
     ],
 )
 def test_hybrid_thresholds(cfg: HybridConfig, people: float, dense: bool) -> None:
-    result = hybrid_count(make_detections([(100, 150)]), make_density([(96, 50, people)]), FRAME, cfg, "hybrid")
+    result = hybrid_count(make_detections([(100, 130)]), make_density([(96, 50, people)]), FRAME, cfg, "hybrid")
     assert bool(result.region_source[0, 0]) is dense
     assert result.fused == pytest.approx(people if dense else 1.0)
     assert result.region_source.shape == (cfg.region_rows, cfg.region_cols)
+
+
+@pytest.mark.parametrize(
+    ("name", "heights", "n", "by_density"),
+    [
+        ("large and sparse: the detector sees them, the density's 50 is its error", [120.0], 3, False),
+        ("small people: a crowd the detector misses", [60.0], 3, True),
+        ("median below the limit: two small, one large", [60.0, 60.0, 130.0], 3, True),
+        ("large but packed: 8 in 0.1152 Mpx is 69 / Mpx, above 60", [120.0], 8, True),
+        ("exactly the limit is reliable", [100.0], 3, False),
+    ],
+)
+def test_hybrid_keeps_detections_where_they_are_reliable(name: str, heights: list[float], n: int, by_density: bool) -> None:
+    """Issue 11: a region whose detections are reliable (the calibration's criterion: median box
+    height >= min_box_height_px, at most max_reliable_people_per_mpx) counts by detections even where
+    the density says far more; elsewhere density counts where detection saturates."""
+    feet_pts = people_in(1, 2, n)
+    h = np.resize(np.asarray(heights, np.float32), n)
+    dets = make_detections(feet_pts)
+    dets = Detections(  # the same feet, boxes of the given heights
+        xyxy=np.stack([dets.xyxy[:, 0], dets.xyxy[:, 3] - h, dets.xyxy[:, 2], dets.xyxy[:, 3]], axis=1),
+        score=dets.score, class_id=dets.class_id, source=dets.source,
+    )
+    result = hybrid_count(dets, make_density([(*region_centre(1, 2), 50.0)]), FRAME, CFG, "hybrid")
+    assert bool(result.region_source[1, 2]) is by_density, name
+    assert result.fused == pytest.approx(50.0 if by_density else float(n)), name
+
+
+def test_reliable_regions_counts_and_medians() -> None:
+    from pipeline.counting import reliable_regions
+
+    feet_pts = people_in(0, 0, 2) + people_in(2, 5, 3)
+    dets = make_detections(feet_pts, h=110)
+    ok, k = reliable_regions(dets, FRAME, 3, 6, 100.0, 60.0)
+    want_k = np.zeros((3, 6), np.int64)
+    want_k[0, 0], want_k[2, 5] = 2, 3
+    np.testing.assert_array_equal(k, want_k)
+    np.testing.assert_array_equal(ok, want_k > 0)
+    ok, _ = reliable_regions(dets, FRAME, 3, 6, 111.0, 60.0)
+    assert not ok.any()
+    ok, k = reliable_regions(Detections.empty(), FRAME, 3, 6, 100.0, 60.0)
+    assert not ok.any() and not k.any()
 
 
 @pytest.mark.parametrize(
