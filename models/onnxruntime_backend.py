@@ -253,7 +253,7 @@ def _cuda_stream(device_id: int, priority: str, handle: int | None) -> Any:
     if handle is not None:
         import cupy
 
-        return cupy.cuda.ExternalStream(int(handle), device_id)
+        return ort_cuda.external_stream(cupy, int(handle))
     return ort_cuda.make_stream(device_id, priority)
 
 

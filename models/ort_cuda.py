@@ -37,8 +37,28 @@ log = logging.getLogger("people_counter.inference")
 DISABLE_SYNC_KEY = "disable_synchronize_execution_providers"
 
 
+class _StreamHandle:
+    """A raw ``cudaStream_t`` through the CUDA stream protocol (``__cuda_stream__``), which
+    ``cupy.cuda.Stream.from_external`` takes (CuPy 14 deprecates ``ExternalStream``). The CuPy
+    stream made from it does not own the handle: it never destroys it."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: int) -> None:
+        self.handle = int(handle)
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.handle)
+
+
+def external_stream(cupy: Any, handle: int) -> Any:
+    """A CuPy stream on the existing stream ``handle``, not owning it (its creator destroys it, or
+    nobody: ``_process_lifetime_stream``). Work on it runs on the device current when it is used."""
+    return cupy.cuda.Stream.from_external(_StreamHandle(handle))
+
+
 def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
-    """A non-blocking stream that is never destroyed (a non-owning ``ExternalStream``).
+    """A non-blocking stream that is never destroyed (a non-owning ``external_stream``).
 
     ORT keeps the ``user_compute_stream`` handle until the session dies, which may be after any
     Python owner of the stream (at interpreter exit, too); a destroyed stream there is CUDA error
@@ -52,7 +72,7 @@ def _process_lifetime_stream(cupy: Any, priority: str = "normal") -> Any:
     handle = _create_priority_stream(rt.streamNonBlocking, priority)
     if handle is None:
         handle = rt.streamCreateWithFlags(rt.streamNonBlocking)
-    return cupy.cuda.ExternalStream(handle)
+    return external_stream(cupy, handle)
 
 
 def make_stream(device_id: int = 0, priority: str = "normal") -> Any:

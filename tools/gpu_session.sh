@@ -70,7 +70,7 @@ tests)
   echo "gpu tests rc=$?" >> "$OUT/gpu_tests.txt"
   timeout 120 python3 -m pytest -q tests/test_colour.py > "$OUT/colour_tests.txt" 2>&1
   echo "colour tests rc=$?" >> "$OUT/colour_tests.txt"
-  tail -5 "$OUT/gpu_tests.txt" "$OUT/colour_tests.txt"
+  tail -n 5 "$OUT/gpu_tests.txt" "$OUT/colour_tests.txt"
   ;;
 bench)
   link_assets

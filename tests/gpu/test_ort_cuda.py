@@ -110,3 +110,29 @@ def test_outputs_are_fresh_per_call(cp: Any, cuda_ep: None) -> None:
     gpu.infer({name: cp.zeros((1, 3, 640, 640), cp.float32) + 0.9})
     for k in a:
         assert bool((a[k] == a_copy[k]).all()), f"output {k} was overwritten by the next call"
+
+
+@pytest.mark.parametrize("priority", ["normal", "high", "low"])
+def test_streams_wrap_their_handle_without_the_deprecated_api(cp: Any, priority: str) -> None:
+    """The binding's own stream and a given handle are CuPy streams on that very handle, made
+    without ``cupy.cuda.ExternalStream`` (deprecated in CuPy 14: a DeprecationWarning per
+    session), and kernels run on them."""
+    import warnings
+
+    from models import ort_cuda
+    from models.onnxruntime_backend import _cuda_stream
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        own = ort_cuda.make_stream(0, priority)
+        given = _cuda_stream(0, "normal", own.ptr)
+    assert own.ptr != 0 and given.ptr == own.ptr
+    with given:
+        total = cp.arange(1000, dtype=cp.int64).sum()
+    given.synchronize()
+    assert int(total) == 499500
+    del given  # not the owner: the handle lives on
+    with own:
+        again = cp.ones(8).sum()
+    own.synchronize()
+    assert float(again) == 8.0
