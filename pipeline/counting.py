@@ -267,12 +267,13 @@ def reliable_regions(
     ok = np.zeros(rows * cols, bool)
     if len(dets):
         heights = (dets.xyxy[:, 3] - dets.xyxy[:, 1]).astype(np.float64)
-        order = np.argsort(idx, kind="stable")
-        starts = np.flatnonzero(k)
-        bounds = np.cumsum(k)
-        for region in starts:  # at most rows x cols regions, not a loop over detections
-            median = float(np.median(heights[order[bounds[region] - k[region] : bounds[region]]]))
-            ok[region] = median >= min_box_height_px
+        by_region = heights[np.lexsort((heights, idx))]  # sorted by region, then by height
+        present = np.flatnonzero(k)
+        n = k[present]
+        start = np.cumsum(k)[present] - n
+        # each region's median: the middle of its run, the mean of the two middle ones for an even count
+        median = (by_region[start + (n - 1) // 2] + by_region[start + n // 2]) / 2
+        ok[present] = median >= min_box_height_px
         region_mpx = (w / cols) * (h / rows) / 1e6
         ok &= k / region_mpx <= max_people_per_mpx
     return ok.reshape(rows, cols), k.reshape(rows, cols).astype(np.int64)

@@ -138,6 +138,30 @@ def test_reliable_regions_counts_and_medians() -> None:
     assert not ok.any() and not k.any()
 
 
+def test_reliable_regions_medians_match_numpy() -> None:
+    """The per-region median (odd and even counts, ties at the limit) against np.median region by region."""
+    from pipeline.counting import _region_of, reliable_regions
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(1, 120))
+        x, y = rng.uniform(-40, FRAME[0], n), rng.uniform(-40, FRAME[1], n)
+        h = rng.choice([60.0, 99.5, 100.0, 100.5, 140.0], n) if trial % 2 else rng.uniform(20, 200, n)
+        dets = Detections(
+            xyxy=np.stack([x, y, x + 0.4 * h, y + h], axis=1).astype(np.float32),
+            score=np.ones(n, np.float32), class_id=np.zeros(n, np.int32), source=np.full(n, -1, np.int32),
+        )
+        rows, cols = int(rng.integers(1, 6)), int(rng.integers(1, 8))
+        ok, k = reliable_regions(dets, FRAME, rows, cols, 100.0, 1e9)
+        r, c = _region_of(dets.center, FRAME, rows, cols)
+        heights = dets.xyxy[:, 3] - dets.xyxy[:, 1]
+        for i in range(rows):
+            for j in range(cols):
+                mine = (r == i) & (c == j)
+                assert k[i, j] == mine.sum()
+                assert ok[i, j] == (mine.any() and np.median(heights[mine].astype(np.float64)) >= 100.0), (trial, i, j)
+
+
 @pytest.mark.parametrize(
     ("policy", "with_density", "fused", "label", "source"),
     [

@@ -183,3 +183,18 @@ def test_a_spread_density_branch_is_learnt_from_once_per_refresh_cycle() -> None
     # without spread: every fresh frame
     assert FrameCounter.from_config(cfg.model_copy(update={"branches": {
         **cfg.branches, "density": cfg.branches["density"].model_copy(update={"spread": False})}})).density_learn_every == 1
+
+
+def test_max3_is_the_maximum_over_each_3x3_neighbourhood() -> None:
+    """The separable maximum against its definition: nine shifted copies of the map padded with -inf."""
+    from pipeline.density_calibration import _max3
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (1, 7), (6, 1), (2, 2), (5, 9), (270, 480)]:
+        a = rng.random(shape).astype(np.float32)
+        p = np.pad(a, 1, constant_values=-np.inf)
+        h, w = shape
+        want = np.max([p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=0)
+        got = _max3(a)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
