@@ -50,6 +50,9 @@ COUNT_COLUMNS = (
     "zones",
     "occupancy",
     "line_counts",
+    "region_source",
+    "region_counts",
+    "calibration",
 )
 """Keys of a :func:`count_history` row, in order (also the columns of an export)."""
 
@@ -136,13 +139,17 @@ def count_history(
     With tracking on, ``confirmed_count`` is the count of confirmed, counted tracks (None when
     unknown) beside ``detection_count`` (raw detections), ``occupancy`` a dict zone -> tracks inside
     (None when unknown) and ``line_counts`` a dict line -> ``{"in", "out"}`` totals so far; all
-    three None when tracking is off.
+    three None when tracking is off. ``region_source`` and ``region_counts`` are the hybrid's
+    (rows, cols) grids as lists (source 1 = density, 0 = detections; empty when unknown, None in
+    rows of databases older than version 5 for ``region_counts``) and ``calibration`` the density
+    calibration in force as a dict (None without a calibrated density map).
     """
     where, params = _where(run_id, since, until)
     sql = (
         "SELECT run_id, frame_index, pts, stream_id, published_at, strategy, policy, fused_count, "
         "detection_count, confirmed_count, density_count, unknown_reason, counts_frame_index, counts_age_ms, "
-        "partial, missing_json, late_branches, zones_json, occupancy_json, line_counts_json FROM frames"
+        "partial, missing_json, late_branches, zones_json, occupancy_json, line_counts_json, region_source, "
+        "region_counts_json, calibration_json FROM frames"
         + where
         + " ORDER BY run_id, frame_index, rowid"
     )
@@ -156,6 +163,9 @@ def count_history(
         row["zones"] = from_json(row.pop("zones_json")) or {}
         row["occupancy"] = from_json(row.pop("occupancy_json"))
         row["line_counts"] = from_json(row.pop("line_counts_json"))
+        row["region_source"] = from_json(row["region_source"]) or []
+        row["region_counts"] = from_json(row.pop("region_counts_json"))
+        row["calibration"] = from_json(row.pop("calibration_json"))
         out.append({key: row[key] for key in COUNT_COLUMNS})
     return out
 

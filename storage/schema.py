@@ -33,6 +33,11 @@ Tables (one database holds many runs):
   ``detection_count``, the raw detection count; ``occupancy_json`` maps zone to the counted tracks
   whose feet are inside (null when unknown) and ``line_counts_json`` line to ``{"in": n, "out":
   m}``, the crossings since the run began. All three are NULL when tracking is off.
+  ``region_counts_json`` is the JSON (rows, cols) grid of the count each region contributed (by
+  the source of ``region_source``; empty when unknown) and ``calibration_json`` the density
+  calibration in force (``pipeline.types.DensityCalibration``: scale, offset, samples, frames,
+  ``fit`` or ``prior``, the raw / background / flat people of the frame and the per-region
+  scales); NULL when the frame had no calibrated density map.
 - ``crossings``: one row per line crossing (``pipeline.tracking.LineCrossing``), stored once:
   ``frame_index``/``pts`` the frame it happened on, ``direction`` ``in`` or ``out``,
   ``published_at`` when its frame's ``TrackingRecord`` reached the writer. Unique on (run,
@@ -72,8 +77,9 @@ its indexes recreated. Migrated rows keep their values; ``missing_json`` is made
 ``late_branches`` (``{branch: "late"}``: older versions recorded no other reason), the other new
 columns are NULL (not recorded). Version 4 added ``frames.confirmed_count``, ``occupancy_json``
 and ``line_counts_json`` (``ALTER TABLE``: NULL in old rows, which had no tracking) and the
-``crossings``, ``zone_visits`` and ``static_tracks`` tables (empty for old runs). A newer version
-than this program's is refused.
+``crossings``, ``zone_visits`` and ``static_tracks`` tables (empty for old runs). Version 5 added
+``frames.region_counts_json`` and ``calibration_json`` (``ALTER TABLE``: NULL in old rows). A newer
+version than this program's is refused.
 """
 
 from __future__ import annotations
@@ -93,7 +99,7 @@ from sqlite_utils import Database
 
 from config.errors import StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RUN_STATUSES = ("completed", "completed_with_errors", "failed", "interrupted", "terminated", "aborted")
 """The end statuses of a run (documentation: ``end_run`` stores any string)."""
@@ -166,6 +172,9 @@ TABLES: dict[str, TableSpec] = {
             "confirmed_count": int,
             "occupancy_json": str,
             "line_counts_json": str,
+            # version 5: the hybrid's regions and the density calibration in force
+            "region_counts_json": str,
+            "calibration_json": str,
         },
         not_null=("run_id", "frame_index", "published_at", "partial"),
         foreign_keys=(("run_id", "runs", "id"),),

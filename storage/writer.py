@@ -143,6 +143,8 @@ def count_rows(
         "counts_frame_index": _number(counts_frame_index, int),
         "counts_age_ms": _number(counts_age_ms, float),
         **tracking_columns(counts.tracking),
+        "region_counts_json": to_json(counts.region_counts),
+        "calibration_json": None if counts.calibration is None else to_json(counts.calibration.to_dict()),
     }
     return row, frame_timing_rows(run_id, timings)
 

@@ -60,7 +60,8 @@ def test_csv_contents(db: Path, tmp_path: Path) -> None:
         "fused_count": "0.0", "detection_count": "0", "confirmed_count": "", "density_count": "20.0",
         "unknown_reason": "", "counts_frame_index": "0", "counts_age_ms": "5.0", "partial": "False", "missing": "{}",
         "late_branches": "[]", "zones": '{"door":0.0}', "occupancy": "", "line_counts": "",
-    }, "tracking off: empty cells"
+        "region_source": "[[0,1,0],[1,1,0]]", "region_counts": "[[1.0,1.0,1.0],[1.0,1.0,1.0]]", "calibration": "",
+    }, "tracking off, no calibration: empty cells"
     assert rows[1]["density_count"] == "", "no density map: an empty cell"
     assert json.loads(rows[7]["zones"]) == {"door": 3.5}
     assert [int(r["frame_index"]) for r in rows] == list(range(10))

@@ -75,7 +75,8 @@ def test_round_trip(tmp_path: Path) -> None:
         "fused_count": 3.0, "detection_count": 3, "confirmed_count": None, "density_count": None,
         "unknown_reason": None, "counts_frame_index": 0, "counts_age_ms": 5.0, "partial": False, "missing": {},
         "late_branches": [], "zones": {"door": 1.0}, "occupancy": None, "line_counts": None,
-    }, "tracking off: its columns are None"
+        "region_source": [[0, 0, 0], [0, 0, 0]], "region_counts": [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], "calibration": None,
+    }, "tracking off: its columns are None; no density map: no calibration"
     assert second["partial"] is True and second["late_branches"] == ["density"]
     assert second["missing"] == {"density": "late"}
     assert second["density_count"] == 41.5 and second["detection_count"] == 12 and second["fused_count"] == 41.5

@@ -426,7 +426,7 @@ def test_an_older_database_is_migrated_to_the_current_version_keeping_its_rows(t
         writer.end_run("completed")
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         info = {r[1]: r for r in conn.execute("PRAGMA table_info(frames)")}
         assert list(info) == list(TABLES["frames"].columns)
         assert info["fused_count"][3] == 0 and info["detection_count"][3] == 0, "nullable now"
@@ -447,6 +447,7 @@ def test_an_older_database_is_migrated_to_the_current_version_keeping_its_rows(t
     assert [r["late_branches"] for r in old] == [[], ["density"], []]
     assert all(r["unknown_reason"] is None and r["counts_frame_index"] is None and r["counts_age_ms"] is None for r in old)
     assert all(r["confirmed_count"] is None and r["occupancy"] is None and r["line_counts"] is None for r in old)
+    assert all(r["region_counts"] is None and r["calibration"] is None for r in old), "not recorded before version 5"
     assert old[0]["zones"] == {"door": 1.0} and old[2]["published_at"] == "2024-05-01T12:00:03.000000+00:00"
     assert queries.timing_rows(db, 1) == [{"decode_ms": 1.0}, {"decode_ms": 2.0}, {"decode_ms": 3.0}]
     assert [e["kind"] for e in queries.events(db, 1)] == ["drop"]
@@ -465,3 +466,68 @@ def test_a_migration_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path) ->
         assert [r[1] for r in conn.execute("PRAGMA table_info(frames)")][-1] == "published_at"
         assert conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 3
         assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'frames_v%'").fetchall() == []
+
+
+def test_the_calibration_in_force_and_the_region_counts_are_stored_and_exported(tmp_path: Path) -> None:
+    """Issue 11: per frame, which source counted each region, what each region contributed and the
+    density calibration in force are in the database and in an export; a frame without a
+    calibrated density map stores none (NULL, an empty CSV cell), not a made-up one."""
+    import dataclasses
+
+    from pipeline.types import DensityCalibration
+
+    cal = DensityCalibration(
+        scale=0.42, offset=-0.5, samples=12, frames=30, source="fit", raw=25.0, background=20.0, flat=1.0,
+        region_scale=np.array([[0.42, 1.0, 0.42], [0.42, 0.42, 0.3]], np.float32),
+    )
+    dense = make_result(0, fused=41.5, density=41.5, strategy="STRICT_SYNC")
+    region_counts = np.array([[1.0, 30.5, 1.0], [3.0, 4.0, 2.0]], np.float32)
+    dense = dataclasses.replace(dense, counts=dataclasses.replace(dense.counts, calibration=cal, region_counts=region_counts))
+    db = tmp_path / "c.db"
+    with SqliteWriter(db, clock=StepClock(T0)) as writer:
+        run_id = writer.start_run({}, {}, "clip.mp4", "STRICT_SYNC")
+        writer.write(dense)
+        writer.write(make_result(1, fused=3.0, strategy="STRICT_SYNC"))
+        writer.end_run("completed")
+
+    first, second = queries.count_history(db, run_id=run_id)
+    assert first["region_source"] == [[0, 1, 0], [1, 1, 0]]
+    assert first["region_counts"] == [[1.0, 30.5, 1.0], [3.0, 4.0, 2.0]]
+    stored = first["calibration"]
+    want = cal.to_dict()
+    assert stored.keys() == want.keys()
+    assert (stored["source"], stored["samples"], stored["frames"]) == ("fit", 12, 30)
+    for key in ("scale", "offset", "raw", "background", "flat"):
+        assert stored[key] == pytest.approx(want[key]), key
+    np.testing.assert_allclose(stored["region_scale"], cal.region_scale, rtol=1e-6)
+    assert second["calibration"] is None and second["region_counts"] == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+
+    out = tmp_path / "c.csv"
+    assert export_counts(db, out, run_id=run_id) == 2
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert json.loads(rows[0]["calibration"])["source"] == "fit"
+    assert json.loads(rows[0]["region_source"]) == [[0, 1, 0], [1, 1, 0]]
+    assert rows[1]["calibration"] == ""
+
+
+def test_a_version_4_database_gets_the_calibration_columns_keeping_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    with SqliteWriter(db, clock=StepClock(T0)) as writer:
+        writer.start_run({}, {}, "a.mp4", "STRICT_SYNC")
+        writer.write(make_result(0, fused=3.0, strategy="STRICT_SYNC"))
+        writer.end_run("completed")
+    with sqlite3.connect(db) as conn:  # back to the version 4 layout: the two columns were its last
+        conn.execute("ALTER TABLE frames DROP COLUMN calibration_json")
+        conn.execute("ALTER TABLE frames DROP COLUMN region_counts_json")
+        conn.execute("PRAGMA user_version = 4")
+    with SqliteWriter(db, clock=StepClock(T0)) as writer:
+        run_id = writer.start_run({}, {}, "b.mp4", "STRICT_SYNC")
+        writer.write(make_result(0, fused=5.0, strategy="STRICT_SYNC"))
+        writer.end_run("completed")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert [r[1] for r in conn.execute("PRAGMA table_info(frames)")] == list(TABLES["frames"].columns)
+    old, new = queries.count_history(db)
+    assert (old["run_id"], old["fused_count"], old["region_counts"], old["calibration"]) == (1, 3.0, None, None)
+    assert (new["run_id"], new["fused_count"], new["region_counts"]) == (run_id, 5.0, [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])

@@ -389,7 +389,7 @@ def test_a_version_1_database_is_migrated(tmp_path: Path) -> None:
         writer.write(make_result(0))
         writer.end_run("completed")
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert [r[1] for r in conn.execute("PRAGMA table_info(runs)")] == list(TABLES["runs"].columns)
         rows = conn.execute("SELECT id, status, pid FROM runs ORDER BY id").fetchall()
     assert rows == [(1, "completed", None), (2, "completed", os.getpid())]

@@ -376,7 +376,7 @@ def test_a_version_3_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     run_id = store(db, built_frames())
 
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         for name, spec in TABLES.items():
             assert [r[1] for r in conn.execute(f"PRAGMA table_info({name})")] == list(spec.columns), name
         for name in ("crossings", "zone_visits", "static_tracks"):
@@ -391,6 +391,7 @@ def test_a_version_3_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         (0, 3.0, 3, None, {}), (1, None, None, "late: yolo", {"yolo": "late"}),
     ]
     assert all(r["confirmed_count"] is None and r["occupancy"] is None and r["line_counts"] is None for r in old)
+    assert all(r["region_counts"] is None and r["calibration"] is None for r in old), "not recorded before version 5"
     assert queries.timing_rows(db, 1) == [{"decode_ms": 1.5}, {"decode_ms": 1.5}]
     assert [e["kind"] for e in queries.events(db, 1)] == ["drop"]
     assert queries.crossings(db, 1) == [] and queries.line_totals(db, 1) == {}
