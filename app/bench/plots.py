@@ -86,7 +86,7 @@ def e2e_box(runs: Mapping[str, Mapping[str, Any]]) -> str | None:
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(data) + 0.8))
-    ax.boxplot(data, vert=False, whis=(5, 95))
+    ax.boxplot(data, orientation="horizontal", whis=(5, 95))
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.invert_yaxis()
     ax.set_xlabel("end_to_end_ms (ms; whiskers p5-p95)")
