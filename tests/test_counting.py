@@ -9,7 +9,15 @@ import pytest
 
 from config.errors import ConfigError
 from config.schema import HybridConfig, ZoneConfig
-from pipeline.counting import grid_in_polygon, hybrid_count, points_in_polygon, region_density, zone_polygon
+from pipeline.counting import (
+    _region_of,
+    grid_in_polygon,
+    hybrid_count,
+    points_in_polygon,
+    region_density,
+    reliable_regions,
+    zone_polygon,
+)
 from pipeline.types import DensityMap, Detections
 
 FRAME = (1920, 1080)
@@ -123,8 +131,6 @@ def test_hybrid_keeps_detections_where_they_are_reliable(name: str, heights: lis
 
 
 def test_reliable_regions_counts_and_medians() -> None:
-    from pipeline.counting import reliable_regions
-
     feet_pts = people_in(0, 0, 2) + people_in(2, 5, 3)
     dets = make_detections(feet_pts, h=110)
     ok, k = reliable_regions(dets, FRAME, 3, 6, 100.0, 60.0)
@@ -140,8 +146,6 @@ def test_reliable_regions_counts_and_medians() -> None:
 
 def test_reliable_regions_medians_match_numpy() -> None:
     """The per-region median (odd and even counts, ties at the limit) against np.median region by region."""
-    from pipeline.counting import _region_of, reliable_regions
-
     rng = np.random.default_rng(7)
     for trial in range(300):
         n = int(rng.integers(1, 120))
